@@ -1,0 +1,79 @@
+/**
+ * `counter-mesh <command>`: up, coordinator, counter, chaos, bench.
+ */
+import { ConfigError, coordinatorConfig, counterConfig, launcherConfig, loadEnv } from '../shared/config.ts';
+import { createLogger } from '../shared/log.ts';
+import { HELP, commandHelp } from './help.ts';
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === 'help' || command === '-h') {
+    process.stdout.write(HELP);
+    return command ? 0 : 1;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    const text = commandHelp(command);
+    if (!text) throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
+    process.stdout.write(text);
+    return 0;
+  }
+  switch (command) {
+    case 'counter': {
+      const config = counterConfig(loadEnv(rest));
+      const log = createLogger(`counter ${config.id}`, config.logLevel);
+      const { Counter } = await import('../counter/counter.ts');
+      const counter = await Counter.start(config, log);
+      return untilSignal(() => counter.close(), log);
+    }
+    case 'coordinator': {
+      const config = coordinatorConfig(loadEnv(rest));
+      const log = createLogger('coordinator', config.logLevel);
+      const { Coordinator } = await import('../coordinator/server.ts');
+      const coordinator = await Coordinator.start(config, log);
+      return untilSignal(() => coordinator.close(), log);
+    }
+    case 'up': {
+      const env = loadEnv(rest);
+      const { runUp } = await import('./up.ts');
+      return runUp(launcherConfig(env), env);
+    }
+    case 'chaos': {
+      const { runChaos } = await import('../../examples/chaos/main.ts');
+      return runChaos(rest);
+    }
+    case 'bench': {
+      const { runBench } = await import('../../examples/bench/main.ts');
+      return runBench(rest);
+    }
+    default:
+      throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
+  }
+}
+
+function untilSignal(close: () => Promise<void>, log: { info: (o: object, m: string) => void }): Promise<number> {
+  return new Promise((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, 'stopping');
+      close().then(
+        () => resolve(0),
+        () => resolve(1),
+      );
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: Error) => {
+    if (err instanceof ConfigError || err.name === 'DataDirLockedError') {
+      process.stderr.write(`counter-mesh: ${err.message}\n`);
+    } else {
+      process.stderr.write(`counter-mesh: ${err.stack ?? err.message}\n`);
+    }
+    process.exitCode = 2;
+  },
+);

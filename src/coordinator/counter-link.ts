@@ -1,0 +1,151 @@
+/**
+ * The coordinator's persistent WebSocket to one counter: requests with ids, replies matched back,
+ * timeouts, and the counter's last Status.
+ */
+import type WebSocket from 'ws';
+import type { Logger } from 'pino';
+import { Dialer } from '../protocol/dialer.ts';
+import { MeshSocket } from '../protocol/mesh-socket.ts';
+import { MessageType, ReplyStatus, writeAdd, writeCount, writeHello, type Item, type Message, type Status } from '../protocol/messages.ts';
+import type { CoordinatorConfig } from '../shared/config.ts';
+
+/** The counter could not do it (down, not ready, disk failing, timed out): another counter may. */
+export class CounterUnavailableError extends Error {
+  override name = 'CounterUnavailableError';
+}
+/** The counter refused the request as malformed: another counter would too. */
+export class CounterRejectedError extends Error {
+  override name = 'CounterRejectedError';
+}
+
+interface Pending {
+  resolve: (value: number) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class CounterLink {
+  status: Status | null = null;
+  lastHeardAt: number | null = null;
+  private sock: MeshSocket | null = null;
+  private readonly dialer: Dialer;
+  private readonly pending = new Map<number, Pending>();
+  private nextReqId = 1;
+  /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
+  private suspect = false;
+
+  constructor(
+    readonly address: string,
+    private readonly config: Readonly<CoordinatorConfig>,
+    private readonly log: Logger,
+    private readonly onStatus: (link: CounterLink) => void,
+  ) {
+    this.dialer = new Dialer({
+      address,
+      secret: config.clusterSecret,
+      host: config.host,
+      maxPayload: 1024 * 1024,
+      reconnectMaxMs: config.reconnectMaxMs,
+      log,
+      onOpen: (ws) => this.attach(ws),
+    });
+    this.dialer.start();
+  }
+
+  get id(): string {
+    return this.status?.id ?? this.address;
+  }
+
+  /** Connected and heard from within two heartbeats. */
+  get reachable(): boolean {
+    return this.sock !== null && this.sock.alive && !this.suspect;
+  }
+
+  /** Reachable and ready to take requests. */
+  get usable(): boolean {
+    return this.reachable && this.status?.ready === true;
+  }
+
+  add(items: readonly Item[]): Promise<number> {
+    return this.request((reqId) => writeAdd(reqId, items));
+  }
+
+  count(tenant: string): Promise<number> {
+    return this.request((reqId) => writeCount(reqId, tenant));
+  }
+
+  close(): void {
+    this.dialer.close();
+    this.sock?.close();
+    this.failAll('coordinator shutting down');
+  }
+
+  private request(frame: (reqId: number) => Uint8Array): Promise<number> {
+    const sock = this.sock;
+    if (!sock || !sock.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
+    const reqId = this.nextReqId++;
+    if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(reqId);
+        this.suspect = true;
+        this.log.warn({ counter: this.id, timeoutMs: this.config.counterTimeoutMs }, 'counter did not answer in time; failing over');
+        reject(new CounterUnavailableError(`counter ${this.id} did not answer within ${this.config.counterTimeoutMs} ms`));
+      }, this.config.counterTimeoutMs);
+      this.pending.set(reqId, { resolve, reject, timer });
+      sock.send(frame(reqId));
+    });
+  }
+
+  private attach(ws: WebSocket): void {
+    const sock = new MeshSocket(ws, this.address, {
+      heartbeatMs: this.config.heartbeatMs,
+      log: this.log,
+      onMessage: (msg) => this.onMessage(msg),
+      onClose: () => {
+        if (this.sock === sock) this.sock = null;
+        this.failAll(`connection to counter ${this.id} closed`);
+        this.onStatus(this);
+      },
+    });
+    this.sock = sock;
+    this.suspect = false;
+    sock.send(writeHello({ role: 'coordinator', nodeId: 'coordinator', address: '' }));
+  }
+
+  private onMessage(msg: Message): void {
+    this.lastHeardAt = Date.now();
+    this.suspect = false;
+    switch (msg.type) {
+      case MessageType.Hello:
+        return;
+      case MessageType.Status: {
+        const wasReady = this.status?.ready;
+        this.status = msg.status;
+        if (wasReady !== msg.status.ready) this.log.info({ counter: msg.status.id, ready: msg.status.ready }, 'counter readiness changed');
+        this.onStatus(this);
+        return;
+      }
+      case MessageType.Reply: {
+        const p = this.pending.get(msg.reqId);
+        if (!p) return; // answered after its timeout
+        this.pending.delete(msg.reqId);
+        clearTimeout(p.timer);
+        if (msg.status === ReplyStatus.Ok) p.resolve(msg.value);
+        else if (msg.status === ReplyStatus.BadRequest) p.reject(new CounterRejectedError(msg.message));
+        else p.reject(new CounterUnavailableError(`counter ${this.id}: ${msg.message}`));
+        return;
+      }
+      default:
+        throw new Error(`message type ${msg.type} is not valid from a counter`);
+    }
+  }
+
+  private failAll(reason: string): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new CounterUnavailableError(reason));
+    }
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,30 @@
+/** JSON Schemas of the public API; fastify validates every request against them. */
+
+/** Well-formed Unicode only: a lone surrogate would not survive UTF-8 on its way to the counters. */
+const WELL_FORMED = '^(?:[^\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$';
+export const MAX_FIELD_CHARS = 256;
+
+const field = { type: 'string', minLength: 1, maxLength: MAX_FIELD_CHARS, pattern: WELL_FORMED } as const;
+
+export const itemSchema = {
+  type: 'object',
+  required: ['id', 'tenant'],
+  additionalProperties: false,
+  properties: { id: field, tenant: field },
+} as const;
+
+/** The body after the preValidation hook has wrapped a single item in an array. */
+export function postItemsBody(maxBatch: number) {
+  return { type: 'array', minItems: 1, maxItems: maxBatch, items: itemSchema } as const;
+}
+
+export const countParams = {
+  type: 'object',
+  required: ['tenant'],
+  properties: { tenant: field },
+} as const;
+
+export const errorResponse = {
+  type: 'object',
+  properties: { statusCode: { type: 'integer' }, code: { type: 'string' }, error: { type: 'string' }, message: { type: 'string' } },
+} as const;

@@ -1,0 +1,132 @@
+/**
+ * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters.
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { CoordinatorConfig } from '../shared/config.ts';
+import { bearerMatches } from '../shared/secret.ts';
+import type { Item } from '../protocol/messages.ts';
+import { countParams, postItemsBody } from './schemas.ts';
+import { handleError, sendError } from './errors.ts';
+import { NoCounterAvailableError, type CounterPool } from './counter-pool.ts';
+import { CounterRejectedError } from './counter-link.ts';
+
+const OPEN_ROUTES = new Set(['/health', '/ready']);
+const MAX_URL_LENGTH = 8192;
+/** Which methods each path answers, for 405 + Allow. */
+const ALLOWED: [RegExp, string][] = [
+  [/^\/items\/?$/, 'POST'],
+  [/^\/items\/[^/]+\/count\/?$/, 'GET, HEAD'],
+  [/^\/(health|ready|counters)\/?$/, 'GET, HEAD'],
+];
+
+type Req = FastifyRequest & { singleItem?: boolean };
+
+export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: CounterPool, log: Logger): FastifyInstance {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: config.bodyLimit,
+    maxParamLength: MAX_URL_LENGTH,
+    // slow or idle clients cannot pin connections: whole request in 30 s, idle keep-alive 5 s
+    requestTimeout: 30_000,
+    connectionTimeout: 60_000,
+    keepAliveTimeout: 5_000,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
+  app.server.headersTimeout = 10_000;
+  app.setErrorHandler(handleError);
+
+  app.setNotFoundHandler((req, reply) => {
+    if (req.url.length > MAX_URL_LENGTH) return sendError(reply, 414, 'URI_TOO_LONG', `the URL is longer than ${MAX_URL_LENGTH} characters`);
+    const path = req.url.split('?')[0] ?? '';
+    const allowed = ALLOWED.find(([re]) => re.test(path));
+    if (allowed) {
+      reply.header('allow', allowed[1]);
+      return sendError(reply, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path}; use ${allowed[1]}`);
+    }
+    return sendError(reply, 404, 'NOT_FOUND', `no route ${req.method} ${path}; see the README for the API`);
+  });
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (!config.apiKey || OPEN_ROUTES.has(req.url)) return;
+    if (!bearerMatches(req.headers.authorization, config.apiKey)) {
+      reply.header('www-authenticate', 'Bearer');
+      return sendError(reply, 401, 'UNAUTHORIZED', 'send Authorization: Bearer <API_KEY>');
+    }
+  });
+
+  app.get('/health', async () => ({ status: 'ok' }));
+  app.get('/ready', async (_req, reply) => {
+    if (!pool.anyUsable) return sendError(reply, 503, 'NO_COUNTER', 'no counter is reachable and ready');
+    return { ready: true };
+  });
+  app.get('/counters', async () => pool.view());
+
+  app.post<{ Body: Item[] }>('/items', {
+    schema: { body: postItemsBody(config.maxBatch) },
+    preValidation: async (req: Req) => {
+      const b = req.body as unknown;
+      if (b !== null && typeof b === 'object' && !Array.isArray(b)) {
+        req.singleItem = true;
+        req.body = [b] as Item[];
+      }
+    },
+    handler: async (req, reply) => {
+      try {
+        await pool.add(req.body);
+      } catch (err) {
+        return unavailable(reply, err);
+      }
+      return { accepted: req.body.length };
+    },
+  });
+
+  app.get<{ Params: { tenant: string } }>('/items/:tenant/count', {
+    schema: { params: countParams },
+    handler: async (req, reply) => {
+      try {
+        return { count: await pool.count(req.params.tenant) };
+      } catch (err) {
+        return unavailable(reply, err);
+      }
+    },
+  });
+
+  function unavailable(reply: Parameters<typeof sendError>[0], err: unknown) {
+    if (err instanceof CounterRejectedError) return sendError(reply, 400, 'REJECTED_BY_COUNTER', err.message);
+    if (!(err instanceof NoCounterAvailableError)) throw err;
+    reply.header('retry-after', '1');
+    return sendError(reply, 503, 'NO_COUNTER', `${err.message}; retry later — adds are idempotent, so resending the same items is safe`);
+  }
+  return app;
+}
+
+export class Coordinator {
+  private constructor(readonly app: FastifyInstance, readonly pool: CounterPool) {}
+
+  static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
+    const { CounterPool } = await import('./counter-pool.ts');
+    const pool = new CounterPool(config, log.child({ component: 'pool' }));
+    await pool.start();
+    const app = buildCoordinatorServer(config, pool, log);
+    try {
+      await app.listen({ host: config.host, port: config.port });
+    } catch (err) {
+      pool.close();
+      throw err;
+    }
+    log.info({ address: app.server.address(), counters: config.counters.length }, 'coordinator listening');
+    return new Coordinator(app, pool);
+  }
+
+  get port(): number {
+    const a = this.app.server.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  async close(): Promise<void> {
+    this.pool.close();
+    await this.app.close();
+  }
+}

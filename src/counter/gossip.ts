@@ -1,0 +1,224 @@
+/**
+ * Counter ↔ counter replication: y-protocols sync over persistent WebSockets, flooding of every
+ * update a counter applies, periodic anti-entropy, and membership through y-protocols awareness.
+ */
+import type WebSocket from 'ws';
+import * as Y from 'yjs';
+import * as encoding from 'lib0/encoding';
+import * as syncProtocol from 'y-protocols/sync';
+import * as awarenessProtocol from 'y-protocols/awareness';
+import type { Logger } from 'pino';
+import type { CounterConfig } from '../shared/config.ts';
+import { CloseCode, MessageType, writeAwareness, writeHello, writeSync, type Member, type Message } from '../protocol/messages.ts';
+import { MeshSocket } from '../protocol/mesh-socket.ts';
+import { Dialer } from '../protocol/dialer.ts';
+import { formatAddress } from '../shared/address.ts';
+import type { GSet, Origin } from './gset.ts';
+
+/** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
+const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+
+interface Peer {
+  sock: MeshSocket;
+  id: string | null;
+  address: string | null;
+  origin: Origin;
+}
+
+export interface GossipEvents {
+  /** A peer's full state (sync step 2) was applied. */
+  onSynced: (peerId: string | null) => void;
+  onMembersChanged: () => void;
+}
+
+export class Gossip {
+  readonly awareness: awarenessProtocol.Awareness;
+  private readonly peers = new Set<Peer>();
+  private readonly dialers = new Map<string, Dialer>();
+  private readonly configured: Set<string>;
+  /** Addresses that turned out to be ourselves. */
+  private readonly selfAddresses = new Set<string>();
+  private readonly antiEntropy: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    private readonly config: Readonly<CounterConfig>,
+    private readonly gset: GSet,
+    private readonly log: Logger,
+    private readonly events: GossipEvents,
+  ) {
+    this.configured = new Set(config.peers.map(formatAddress));
+    this.awareness = new awarenessProtocol.Awareness(gset.doc);
+    this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress });
+    gset.doc.on('update', this.onDocUpdate);
+    this.awareness.on('update', this.onAwarenessUpdate);
+    this.antiEntropy = setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
+    this.antiEntropy.unref();
+  }
+
+  start(): void {
+    for (const address of this.configured) this.dial(address);
+  }
+
+  /** Members known alive through awareness, ourselves included. */
+  members(): Member[] {
+    const out: Member[] = [];
+    for (const state of this.awareness.getStates().values()) {
+      const s = state as Partial<Member>;
+      if (typeof s.id === 'string' && typeof s.address === 'string') out.push({ id: s.id, address: s.address });
+    }
+    return out;
+  }
+
+  connectedPeers(): { id: string | null; address: string | null; remote: string }[] {
+    return [...this.peers].map((p) => ({ id: p.id, address: p.address, remote: p.sock.remote }));
+  }
+
+  /** Takes over an accepted socket whose first message was a peer Hello. */
+  adopt(sock: MeshSocket, hello: Message): void {
+    const peer = this.addPeer(sock, null);
+    this.onPeerMessage(peer, hello);
+  }
+
+  /** Options for sockets this module creates or adopts. */
+  socketOptions(remote: string) {
+    return { heartbeatMs: this.config.heartbeatMs, log: this.log.child({ peer: remote }) };
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.antiEntropy);
+    this.gset.doc.off('update', this.onDocUpdate);
+    this.awareness.off('update', this.onAwarenessUpdate);
+    this.awareness.destroy();
+    for (const d of this.dialers.values()) d.close();
+    for (const p of this.peers) p.sock.close(CloseCode.GoingAway, 'shutting down');
+  }
+
+  private dial(address: string): void {
+    if (this.closed || this.dialers.has(address) || this.selfAddresses.has(address)) return;
+    const dialer = new Dialer({
+      address,
+      secret: this.config.clusterSecret,
+      host: this.config.host,
+      maxPayload: this.config.maxMessageBytes,
+      reconnectMaxMs: this.config.reconnectMaxMs,
+      log: this.log,
+      onOpen: (ws: WebSocket) => {
+        const sock = new MeshSocket(ws, address, { ...this.socketOptions(address), onMessage: () => {}, onClose: () => {} });
+        this.addPeer(sock, address);
+      },
+    });
+    this.dialers.set(address, dialer);
+    dialer.start();
+  }
+
+  private addPeer(sock: MeshSocket, dialedAddress: string | null): Peer {
+    const peer: Peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock } };
+    sock.handler = (msg) => this.onPeerMessage(peer, msg);
+    sock.closeHandler = () => this.onPeerClose(peer);
+    this.peers.add(peer);
+    sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress }));
+    sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
+    const states = [...this.awareness.getStates().keys()];
+    sock.send(writeAwareness(awarenessProtocol.encodeAwarenessUpdate(this.awareness, states)));
+    return peer;
+  }
+
+  private onPeerClose(peer: Peer): void {
+    this.peers.delete(peer);
+    this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
+    this.events.onMembersChanged();
+  }
+
+  private onPeerMessage(peer: Peer, msg: Message): void {
+    switch (msg.type) {
+      case MessageType.Hello: {
+        if (msg.hello.role !== 'peer') throw new Error('a coordinator hello on a peer connection');
+        if (msg.hello.nodeId === this.config.id) {
+          // PEERS or a DNS name may include ourselves; stop dialing that address
+          if (peer.address) {
+            this.selfAddresses.add(peer.address);
+            this.dialers.get(peer.address)?.close();
+            this.dialers.delete(peer.address);
+          }
+          peer.sock.close(CloseCode.SelfConnection, 'connected to itself');
+          return;
+        }
+        peer.id = msg.hello.nodeId;
+        peer.address ??= msg.hello.address;
+        peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
+        this.log.info({ peer: peer.id, remote: peer.sock.remote }, 'peer connected');
+        this.events.onMembersChanged();
+        return;
+      }
+      case MessageType.Sync: {
+        const reply = encoding.createEncoder();
+        const kind = syncProtocol.readSyncMessage(msg.decoder, reply, this.gset.doc, peer.origin, (err) => {
+          throw err;
+        });
+        if (encoding.length(reply) > 0) peer.sock.send(writeSync((e) => encoding.writeUint8Array(e, encoding.toUint8Array(reply))));
+        if (kind === syncProtocol.messageYjsSyncStep2) this.events.onSynced(peer.id);
+        return;
+      }
+      case MessageType.Awareness:
+        awarenessProtocol.applyAwarenessUpdate(this.awareness, msg.update, peer.origin);
+        return;
+      default:
+        throw new Error(`message type ${msg.type} is not valid between counters`);
+    }
+  }
+
+  private readonly onDocUpdate = (update: Uint8Array, origin: Origin): void => {
+    if (this.peers.size === 0) return;
+    const frame = writeSync((e) => syncProtocol.writeUpdate(e, update));
+    // two counters that dialed each other share two sockets; one copy per peer is enough
+    const sentTo = new Set<string>();
+    const from = origin.kind === 'peer' ? origin.peerId : null;
+    for (const p of this.peers) {
+      if (p.origin === origin || (p.id !== null && (p.id === from || sentTo.has(p.id))) || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
+      if (p.id !== null) sentTo.add(p.id);
+      p.sock.send(frame);
+    }
+  };
+
+  private readonly onAwarenessUpdate = (
+    { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
+    origin: unknown,
+  ): void => {
+    const changed = [...added, ...updated, ...removed];
+    const frame = writeAwareness(awarenessProtocol.encodeAwarenessUpdate(this.awareness, changed));
+    for (const p of this.peers) if (p.origin !== origin) p.sock.send(frame);
+    if (added.length > 0 || removed.length > 0) {
+      this.reconcileDialers();
+      this.events.onMembersChanged();
+    }
+  };
+
+  /** Dial members we learned of and hold no connection to; forget learned ones that left. */
+  private reconcileDialers(): void {
+    const connectedIds = new Set([...this.peers].map((p) => p.id));
+    const memberAddresses = new Set<string>();
+    for (const m of this.members()) {
+      if (m.id === this.config.id) continue;
+      memberAddresses.add(m.address);
+      if (!connectedIds.has(m.id)) this.dial(m.address);
+    }
+    for (const [address, dialer] of this.dialers) {
+      if (!this.configured.has(address) && !memberAddresses.has(address) && !dialer.connected) {
+        dialer.close();
+        this.dialers.delete(address);
+      }
+    }
+  }
+
+  /** Anti-entropy: a state vector is a few bytes; the answer carries only what is missing. */
+  private compareStateVectors(): void {
+    if (this.peers.size === 0) return;
+    const frame = writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc));
+    for (const p of this.peers) p.sock.send(frame);
+    this.reconcileDialers();
+  }
+}
+
+export type { Y };

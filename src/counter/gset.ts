@@ -1,0 +1,133 @@
+/**
+ * The replicated state of a counter: every tenant's grow-only set of item ids, as one Yjs document.
+ *
+ * Layout (chosen for memory, see README "Performance"): each item is a short record appended to a
+ * root-level Y.Text (`log0`, `log1`, ...). Root types cannot collide the way nested types created
+ * concurrently under one key do, so a brand-new tenant written on two counters at once keeps both
+ * sides. Consecutive appends by one client merge into a single Yjs item holding one string, so the
+ * document costs little more than the characters themselves. A record written twice (the same item
+ * added on two counters before they synced) stays twice in the text; the exact per-tenant counts
+ * come from an IdIndex fed with what Yjs actually integrated.
+ */
+import * as Y from 'yjs';
+import type { Logger } from 'pino';
+import { IdIndex } from './id-index.ts';
+import { decodeRecords, encodeRecord } from './records.ts';
+import type { Item } from '../protocol/messages.ts';
+
+/** Where a transaction came from; broadcasting skips the peer an update came from. */
+export type Origin =
+  | { kind: 'local' }
+  | { kind: 'storage' }
+  | { kind: 'peer'; peerId: string; connection: object };
+
+export const LOCAL: Origin = Object.freeze({ kind: 'local' });
+export const STORAGE: Origin = Object.freeze({ kind: 'storage' });
+
+/** A log text is closed for appends past this many code units, well under V8's string limit (2^29). */
+export const SEGMENT_UNITS = 1 << 27;
+
+export class GSet {
+  readonly doc: Y.Doc;
+  private readonly index = new IdIndex();
+  private segment = 0;
+  private malformed = 0;
+
+  constructor(private readonly log: Logger) {
+    // gc off: nothing is ever deleted by us, and a peer's deletion must not drop items from snapshots
+    this.doc = new Y.Doc({ gc: false });
+    this.doc.on('afterTransaction', (tr: Y.Transaction) => this.indexTransaction(tr));
+  }
+
+  /** Distinct items of one tenant, O(1). */
+  count(tenant: string): number {
+    return this.index.count(tenant);
+  }
+
+  /** Distinct items over all tenants. */
+  get size(): number {
+    return this.index.size;
+  }
+
+  get tenants(): number {
+    return this.index.tenants;
+  }
+
+  /**
+   * Appends the items not held yet, in one transaction (one Yjs item, one update), and returns how
+   * many were new. Duplicates within `items` and of what is held are skipped.
+   */
+  add(items: readonly Item[], origin: Origin = LOCAL): number {
+    let text = '';
+    let fresh = 0;
+    let seen: Set<string> | null = null;
+    for (const it of items) {
+      if (this.index.has(it.tenant, it.id)) continue;
+      if (items.length > 1) {
+        seen ??= new Set();
+        const key = encodeRecord(it.tenant, it.id);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        text += key;
+      } else {
+        text += encodeRecord(it.tenant, it.id);
+      }
+      fresh++;
+    }
+    if (fresh === 0) return 0;
+    let target = this.doc.getText(`log${this.segment}`);
+    while (target.length + text.length > SEGMENT_UNITS) target = this.doc.getText(`log${++this.segment}`);
+    this.doc.transact(() => target.insert(target.length, text), origin);
+    return fresh;
+  }
+
+  /** Applies a Yjs update; throws on malformed input, leaving what was integrated before the fault. */
+  applyUpdate(update: Uint8Array, origin: Origin): void {
+    Y.applyUpdate(this.doc, update, origin);
+  }
+
+  /** Applies many updates in one transaction (restart replay): one indexing pass, one cleanup. */
+  applyUpdates(updates: readonly Uint8Array[], origin: Origin): void {
+    this.doc.transact(() => {
+      for (const u of updates) Y.applyUpdate(this.doc, u, origin);
+    }, origin);
+  }
+
+  encodeState(): Uint8Array {
+    return Y.encodeStateAsUpdate(this.doc);
+  }
+
+  /** Number of malformed records seen in peers' updates (they are ignored). */
+  get malformedRecords(): number {
+    return this.malformed;
+  }
+
+  /** Feeds the index with the structs this transaction integrated; pending ones arrive later. */
+  private indexTransaction(tr: Y.Transaction): void {
+    for (const [client, after] of tr.afterState) {
+      const before = tr.beforeState.get(client) ?? 0;
+      if (after <= before) continue;
+      const structs = this.doc.store.clients.get(client);
+      if (!structs) continue;
+      let text = '';
+      for (let i = Y.findIndexSS(structs, before); i < structs.length; i++) {
+        const s = structs[i]!;
+        if (s.id.clock >= after) break;
+        if (s instanceof Y.Item && s.content instanceof Y.ContentString && s.parentSub === null && (s.parent as Y.AbstractType<unknown>)._item === null) {
+          text += s.content.str;
+        }
+      }
+      const used = decodeRecords(text, (tenant, id) => this.index.add(tenant, id));
+      if (used < text.length) {
+        this.malformed++;
+        this.log.warn({ client, dropped: text.length - used }, 'ignored malformed records in an update');
+      }
+    }
+    if (tr.local) return;
+    // a peer may write into later segments; keep appending to the last one
+    for (const name of this.doc.share.keys()) {
+      const m = /^log(\d+)$/.exec(name);
+      if (m && Number(m[1]) > this.segment) this.segment = Number(m[1]);
+    }
+  }
+}

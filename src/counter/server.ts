@@ -1,0 +1,74 @@
+/**
+ * The counter's port: internal HTTP routes (fastify) and the WebSocket endpoint `/mesh` where
+ * peers and coordinators connect. Everything but /health needs the cluster secret; an upgrade
+ * without it is refused before any state is exchanged.
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { WebSocketServer } from 'ws';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { bearerMatches } from '../shared/secret.ts';
+import { MESH_PATH } from '../protocol/dialer.ts';
+import { MeshSocket } from '../protocol/mesh-socket.ts';
+import { CloseCode, MessageType } from '../protocol/messages.ts';
+import type { Counter } from './counter.ts';
+
+const HELLO_TIMEOUT_MS = 5000;
+
+export function buildCounterServer(counter: Counter, log: Logger): { app: FastifyInstance; wss: WebSocketServer } {
+  const { config } = counter;
+  const app: FastifyInstance = Fastify({
+    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
+    disableRequestLogging: true,
+    maxParamLength: 4096,
+  });
+  const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false });
+  const authorized = (header: string | undefined) => !config.clusterSecret || bearerMatches(header, config.clusterSecret);
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.url === '/health') return;
+    if (!authorized(req.headers.authorization)) {
+      return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'send Authorization: Bearer <CLUSTER_SECRET>' });
+    }
+  });
+  app.get('/health', async () => ({ status: 'ok' }));
+  app.get('/ready', async (_req, reply) => {
+    if (!counter.ready) return reply.code(503).send({ ready: false, message: counter.notReadyReason() });
+    return { ready: true };
+  });
+  app.get<{ Params: { tenant: string } }>('/items/:tenant/count', async (req, reply) => {
+    if (!counter.ready) return reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: counter.notReadyReason() });
+    return { count: counter.count(req.params.tenant) };
+  });
+  app.get('/status', async () => counter.status());
+
+  app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const refuse = (code: number, text: string) => {
+      socket.end(`HTTP/1.1 ${code} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      socket.destroy();
+    };
+    if ((req.url ?? '').split('?')[0] !== MESH_PATH) return refuse(404, 'Not Found');
+    if (!authorized(req.headers.authorization)) {
+      log.warn({ remote: req.socket.remoteAddress }, 'refused a mesh connection without the right CLUSTER_SECRET');
+      return refuse(401, 'Unauthorized');
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+      const sock: MeshSocket = new MeshSocket(ws, remote, {
+        heartbeatMs: config.heartbeatMs,
+        log: log.child({ remote }),
+        onMessage: (msg) => {
+          clearTimeout(helloTimer);
+          if (msg.type !== MessageType.Hello) throw new Error('first message must be a hello');
+          if (msg.hello.role === 'peer') counter.gossip.adopt(sock, msg);
+          else counter.sessions.adopt(sock);
+        },
+        onClose: () => clearTimeout(helloTimer),
+      });
+      const helloTimer = setTimeout(() => sock.close(CloseCode.ProtocolError, 'no hello'), HELLO_TIMEOUT_MS);
+      helloTimer.unref();
+    });
+  });
+  return { app, wss };
+}

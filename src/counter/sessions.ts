@@ -1,0 +1,73 @@
+/**
+ * Coordinator connections on a counter: Add and Count requests, and Status pushed on change and
+ * every heartbeat so the coordinator knows who is ready and what the mesh looks like.
+ */
+import type { Logger } from 'pino';
+import { CloseCode, MessageType, ReplyStatus, writeHello, writeReply, writeStatus, type Message, type Status } from '../protocol/messages.ts';
+import type { MeshSocket } from '../protocol/mesh-socket.ts';
+import { isValidItem } from './records.ts';
+import type { Item } from '../protocol/messages.ts';
+
+export interface CounterApi {
+  readonly id: string;
+  readonly address: string;
+  readonly ready: boolean;
+  add(items: Item[]): Promise<number>;
+  count(tenant: string): number;
+  status(): Status;
+}
+
+export class CoordinatorSessions {
+  private readonly socks = new Set<MeshSocket>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly counter: CounterApi, heartbeatMs: number, private readonly log: Logger) {
+    this.timer = setInterval(() => this.pushStatus(), heartbeatMs);
+    this.timer.unref();
+  }
+
+  adopt(sock: MeshSocket): void {
+    sock.handler = (msg) => this.onMessage(sock, msg);
+    sock.closeHandler = () => this.socks.delete(sock);
+    this.socks.add(sock);
+    sock.send(writeHello({ role: 'peer', nodeId: this.counter.id, address: this.counter.address }));
+    sock.send(writeStatus(this.counter.status()));
+    this.log.debug({ remote: sock.remote }, 'coordinator connected');
+  }
+
+  pushStatus(): void {
+    if (this.socks.size === 0) return;
+    const frame = writeStatus(this.counter.status());
+    for (const s of this.socks) s.send(frame);
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const s of this.socks) s.close(CloseCode.GoingAway, 'shutting down');
+  }
+
+  private onMessage(sock: MeshSocket, msg: Message): void {
+    switch (msg.type) {
+      case MessageType.Add: {
+        const { reqId, items } = msg;
+        if (!this.counter.ready) return sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+        const bad = items.findIndex((it) => !isValidItem(it));
+        if (bad >= 0 || items.length === 0) {
+          return sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
+        }
+        this.counter.add(items).then(
+          () => sock.send(writeReply(reqId, ReplyStatus.Ok, items.length)),
+          (err: Error) => sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message)),
+        );
+        return;
+      }
+      case MessageType.Count:
+        if (!this.counter.ready) return sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+        return sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
+      case MessageType.Hello:
+        return; // a repeated hello changes nothing
+      default:
+        throw new Error(`message type ${msg.type} is not valid from a coordinator`);
+    }
+  }
+}

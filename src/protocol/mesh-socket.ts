@@ -1,0 +1,107 @@
+/**
+ * One WebSocket of the mesh, either side: heartbeats, safe decoding, typed sends.
+ * A peer silent for two heartbeats is terminated, so a blackholed link is noticed even though
+ * TCP stays up. Malformed frames are logged once with the peer's address and close the socket.
+ */
+import type WebSocket from 'ws';
+import type { Logger } from 'pino';
+import { CloseCode, readMessage, type Message } from './messages.ts';
+
+export interface MeshSocketOptions {
+  heartbeatMs: number;
+  log: Logger;
+  /** Called for each decoded message; a throw closes the socket as a protocol error. */
+  onMessage: (msg: Message, sock: MeshSocket) => void;
+  onClose: (sock: MeshSocket, code: number, reason: string) => void;
+}
+
+export class MeshSocket {
+  lastHeardAt = Date.now();
+  /** Replaced once the first message (Hello) says who is on the other side. */
+  handler: (msg: Message, sock: MeshSocket) => void;
+  /** Likewise replaced by whoever owns the socket after the Hello. */
+  closeHandler: (sock: MeshSocket, code: number, reason: string) => void;
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(readonly ws: WebSocket, readonly remote: string, private readonly opts: MeshSocketOptions) {
+    this.handler = opts.onMessage;
+    this.closeHandler = opts.onClose;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data, isBinary) => this.receive(data as Buffer, isBinary));
+    ws.on('pong', () => (this.lastHeardAt = Date.now()));
+    ws.on('ping', () => (this.lastHeardAt = Date.now()));
+    // errors are followed by 'close'; the reconnect logic there is all the handling needed
+    ws.on('error', (err) => opts.log.debug({ err, remote }, 'socket error'));
+    ws.on('close', (code, reason) => this.finish(code, reason.toString()));
+    this.timer = setInterval(() => this.beat(), opts.heartbeatMs);
+    this.timer.unref();
+  }
+
+  get open(): boolean {
+    return !this.closed && this.ws.readyState === this.ws.OPEN;
+  }
+
+  /** Heard from within two heartbeats. */
+  get alive(): boolean {
+    return this.open && Date.now() - this.lastHeardAt <= 2 * this.opts.heartbeatMs;
+  }
+
+  send(frame: Uint8Array): void {
+    if (this.open) this.ws.send(frame);
+  }
+
+  /** Bytes queued in the socket but not yet sent: lets senders back off a slow peer. */
+  get buffered(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  close(code: number = CloseCode.Normal, reason = ''): void {
+    if (this.closed) return;
+    try {
+      this.ws.close(code, reason);
+    } catch {
+      this.ws.terminate();
+    }
+    // a peer that never answers the close handshake must not pin the socket
+    setTimeout(() => this.ws.terminate(), 1000).unref();
+    this.finish(code, reason);
+  }
+
+  private receive(data: Buffer, isBinary: boolean): void {
+    this.lastHeardAt = Date.now();
+    if (this.closed) return;
+    let msg: Message;
+    try {
+      if (!isBinary) throw new Error('text frame');
+      msg = readMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      this.handler(msg, this);
+    } catch (err) {
+      this.opts.log.warn({ err: { message: (err as Error).message }, remote: this.remote }, 'malformed message from peer; closing connection');
+      this.close(CloseCode.ProtocolError, 'malformed message');
+    }
+  }
+
+  private beat(): void {
+    if (Date.now() - this.lastHeardAt > 2 * this.opts.heartbeatMs) {
+      this.opts.log.info({ remote: this.remote }, 'peer silent for two heartbeats; dropping connection');
+      this.ws.terminate();
+      this.finish(CloseCode.GoingAway, 'heartbeat timeout');
+      return;
+    }
+    try {
+      this.ws.ping();
+    } catch {
+      // socket is closing; 'close' follows
+    }
+  }
+
+  private finish(code: number, reason: string): void {
+    if (this.closed) {
+      return;
+    }
+    this.closed = true;
+    clearInterval(this.timer);
+    this.closeHandler(this, code, reason);
+  }
+}

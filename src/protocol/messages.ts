@@ -1,0 +1,211 @@
+/**
+ * The mesh's wire protocol: every WebSocket frame (binary) is one message,
+ * `varUint(type)` followed by the type's payload. PROTOCOL.md beside this file describes the bytes.
+ * Types are numbered once and never renumbered.
+ */
+import * as encoding from 'lib0/encoding';
+import * as decoding from 'lib0/decoding';
+
+export const MessageType = {
+  /** y-protocols sync message (step 1, step 2 or update), counter ↔ counter. */
+  Sync: 0,
+  /** y-protocols awareness update: who is alive in the mesh and where, counter ↔ counter. */
+  Awareness: 1,
+  /** First message on every connection, both directions. */
+  Hello: 2,
+  /** Coordinator → counter: add items. */
+  Add: 3,
+  /** Coordinator → counter: count one tenant. */
+  Count: 4,
+  /** Counter → coordinator: answer to Add or Count. */
+  Reply: 5,
+  /** Counter → coordinator: readiness, size and known members, sent on change and every heartbeat. */
+  Status: 6,
+} as const;
+export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
+
+export type Role = 'peer' | 'coordinator';
+
+export const ReplyStatus = {
+  Ok: 0,
+  /** Not ready, disk failing, or shutting down: try another counter. */
+  Unavailable: 1,
+  /** The request itself is wrong: another counter would refuse it too. */
+  BadRequest: 2,
+} as const;
+export type ReplyStatusNumber = (typeof ReplyStatus)[keyof typeof ReplyStatus];
+
+/** WebSocket close codes the mesh uses (4000-4999 is the application range). */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  ProtocolError: 4400,
+  Unauthorized: 4401,
+  SelfConnection: 4409,
+} as const;
+
+export interface Item {
+  tenant: string;
+  id: string;
+}
+
+export interface Hello {
+  role: Role;
+  nodeId: string;
+  address: string;
+}
+
+export interface Member {
+  id: string;
+  address: string;
+}
+
+export interface Status {
+  id: string;
+  address: string;
+  ready: boolean;
+  items: number;
+  members: Member[];
+}
+
+export type Message =
+  | { type: typeof MessageType.Sync; decoder: decoding.Decoder }
+  | { type: typeof MessageType.Awareness; update: Uint8Array }
+  | { type: typeof MessageType.Hello; hello: Hello }
+  | { type: typeof MessageType.Add; reqId: number; items: Item[] }
+  | { type: typeof MessageType.Count; reqId: number; tenant: string }
+  | { type: typeof MessageType.Reply; reqId: number; status: ReplyStatusNumber; value: number; message: string }
+  | { type: typeof MessageType.Status; status: Status };
+
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+function frame(type: MessageTypeNumber, write: (e: encoding.Encoder) => void): Uint8Array {
+  const e = encoding.createEncoder();
+  encoding.writeVarUint(e, type);
+  write(e);
+  return encoding.toUint8Array(e);
+}
+
+/** Wraps an already encoded y-protocols sync message. */
+export function writeSync(write: (e: encoding.Encoder) => void): Uint8Array {
+  return frame(MessageType.Sync, write);
+}
+
+export function writeAwareness(update: Uint8Array): Uint8Array {
+  return frame(MessageType.Awareness, (e) => encoding.writeVarUint8Array(e, update));
+}
+
+export function writeHello(h: Hello): Uint8Array {
+  return frame(MessageType.Hello, (e) => {
+    encoding.writeVarString(e, h.role);
+    encoding.writeVarString(e, h.nodeId);
+    encoding.writeVarString(e, h.address);
+  });
+}
+
+export function writeAdd(reqId: number, items: readonly Item[]): Uint8Array {
+  return frame(MessageType.Add, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarUint(e, items.length);
+    for (const it of items) {
+      encoding.writeVarString(e, it.tenant);
+      encoding.writeVarString(e, it.id);
+    }
+  });
+}
+
+export function writeCount(reqId: number, tenant: string): Uint8Array {
+  return frame(MessageType.Count, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarString(e, tenant);
+  });
+}
+
+export function writeReply(reqId: number, status: ReplyStatusNumber, value: number, message = ''): Uint8Array {
+  return frame(MessageType.Reply, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarUint(e, status);
+    encoding.writeVarUint(e, value);
+    encoding.writeVarString(e, message);
+  });
+}
+
+export function writeStatus(s: Status): Uint8Array {
+  return frame(MessageType.Status, (e) => encoding.writeVarString(e, JSON.stringify(s)));
+}
+
+const MAX_FIELD = 1024;
+
+function readBoundedString(d: decoding.Decoder, what: string, max = MAX_FIELD): string {
+  const s = decoding.readVarString(d);
+  if (s.length > max) throw new ProtocolError(`${what} longer than ${max} characters`);
+  return s;
+}
+
+function readRole(d: decoding.Decoder): Role {
+  const r = decoding.readVarString(d);
+  if (r !== 'peer' && r !== 'coordinator') throw new ProtocolError(`unknown role ${JSON.stringify(r.slice(0, 40))}`);
+  return r;
+}
+
+function parseStatus(json: string): Status {
+  const v: unknown = JSON.parse(json);
+  const o = v as Partial<Status>;
+  if (
+    typeof o !== 'object' || o === null || typeof o.id !== 'string' || typeof o.address !== 'string' ||
+    typeof o.ready !== 'boolean' || typeof o.items !== 'number' || !Array.isArray(o.members) ||
+    !o.members.every((m) => typeof m?.id === 'string' && typeof m?.address === 'string')
+  ) {
+    throw new ProtocolError('malformed status');
+  }
+  return o as Status;
+}
+
+/**
+ * Decodes one frame. Throws ProtocolError (or a lib0 decoding error) on anything malformed;
+ * callers catch, log the peer once and close the connection with CloseCode.ProtocolError.
+ */
+export function readMessage(data: Uint8Array): Message {
+  const d = decoding.createDecoder(data);
+  const type = decoding.readVarUint(d);
+  let msg: Message;
+  switch (type) {
+    case MessageType.Sync:
+      return { type, decoder: d }; // the sync payload is read (and checked) by y-protocols
+    case MessageType.Awareness:
+      msg = { type, update: decoding.readVarUint8Array(d) };
+      break;
+    case MessageType.Hello:
+      msg = { type, hello: { role: readRole(d), nodeId: readBoundedString(d, 'node id'), address: readBoundedString(d, 'address') } };
+      break;
+    case MessageType.Add: {
+      const reqId = decoding.readVarUint(d);
+      const n = decoding.readVarUint(d);
+      // each item takes at least 2 bytes, so a larger n is a lie that would make us allocate for nothing
+      if (n > (d.arr.length - d.pos) / 2) throw new ProtocolError(`add claims ${n} items`);
+      const items: Item[] = new Array(n);
+      for (let i = 0; i < n; i++) items[i] = { tenant: decoding.readVarString(d), id: decoding.readVarString(d) };
+      msg = { type, reqId, items };
+      break;
+    }
+    case MessageType.Count:
+      msg = { type, reqId: decoding.readVarUint(d), tenant: readBoundedString(d, 'tenant') };
+      break;
+    case MessageType.Reply: {
+      const reqId = decoding.readVarUint(d);
+      const status = decoding.readVarUint(d);
+      if (status > 2) throw new ProtocolError(`unknown reply status ${status}`);
+      msg = { type, reqId, status: status as ReplyStatusNumber, value: decoding.readVarUint(d), message: readBoundedString(d, 'reply message', 4096) };
+      break;
+    }
+    case MessageType.Status:
+      msg = { type, status: parseStatus(decoding.readVarString(d)) };
+      break;
+    default:
+      throw new ProtocolError(`unknown message type ${type}`);
+  }
+  if (decoding.hasContent(d)) throw new ProtocolError(`trailing bytes after message type ${type}`);
+  return msg;
+}

@@ -1,0 +1,229 @@
+/**
+ * Configuration: parsed and validated once at start into frozen objects.
+ * Nothing else in the code base reads `process.env`.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import { parseAddressList, type Address } from './address.ts';
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export type Env = Record<string, string | undefined>;
+
+/** Every setting the code reads, with its default; `.env.dist` and docker-compose are tested against this list. */
+export const SETTINGS = {
+  LOG_LEVEL: 'info',
+  HOST: '127.0.0.1',
+  CLUSTER_SECRET: '',
+  HEARTBEAT_MS: '2000',
+  MAX_MESSAGE_BYTES: String(64 * 1024 * 1024),
+  RECONNECT_MAX_MS: '1000',
+  // coordinator
+  HTTP_PORT: '8080',
+  COUNTERS: '127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
+  API_KEY: '',
+  BODY_LIMIT: String(1024 * 1024),
+  MAX_BATCH: '10000',
+  COUNTER_TIMEOUT_MS: '3000',
+  DNS_REFRESH_MS: '10000',
+  // counter
+  COUNTER_PORT: '9001',
+  COUNTER_ID: '',
+  PEERS: '',
+  DATA_DIR: './data',
+  ADVERTISE_ADDRESS: '',
+  ANTI_ENTROPY_MS: '3000',
+  COMPACT_BYTES: String(64 * 1024 * 1024),
+  // local launcher
+  COUNTER_COUNT: '3',
+  COUNTER_BASE_PORT: '9001',
+} as const;
+export type SettingName = keyof typeof SETTINGS;
+
+/**
+ * The environment the process runs with: `.env` in the working directory (when present) under
+ * the real environment, under `--flag value` / `--flag=value` options (`--http-port` sets HTTP_PORT).
+ */
+export function loadEnv(argv: readonly string[], env: Env = process.env, envFile = '.env'): Env {
+  const merged: Env = {};
+  if (fs.existsSync(envFile)) Object.assign(merged, parseDotEnv(fs.readFileSync(envFile, 'utf8')));
+  for (const [k, v] of Object.entries(env)) if (v !== undefined) merged[k] = v;
+  Object.assign(merged, parseFlags(argv));
+  return merged;
+}
+
+export function parseDotEnv(text: string): Env {
+  const out: Env = {};
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    if (eq < 1) continue;
+    let value = line.slice(eq + 1).trim();
+    if (/^(['"]).*\1$/.test(value)) value = value.slice(1, -1);
+    out[line.slice(0, eq).trim()] = value;
+  }
+  return out;
+}
+
+/** `--some-name value` and `--some-name=value` become SOME_NAME; unknown names are rejected later. */
+export function parseFlags(argv: readonly string[]): Env {
+  const out: Env = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--') || arg === '--help') continue;
+    const eq = arg.indexOf('=');
+    const name = (eq > 0 ? arg.slice(2, eq) : arg.slice(2)).toUpperCase().replace(/-/g, '_');
+    let value: string | undefined;
+    if (eq > 0) value = arg.slice(eq + 1);
+    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i];
+    else value = 'true';
+    if (!(name in SETTINGS)) throw new ConfigError(`unknown option --${name.toLowerCase().replace(/_/g, '-')}; run with --help for the list`);
+    out[name] = value;
+  }
+  return out;
+}
+
+class Reader {
+  constructor(private readonly env: Env) {}
+  str(name: SettingName): string {
+    return this.env[name] ?? SETTINGS[name];
+  }
+  int(name: SettingName, min: number, max: number): number {
+    const raw = this.str(name).trim();
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: expected a whole number from ${min} to ${max}`);
+    }
+    return n;
+  }
+  port(name: SettingName): number {
+    return this.int(name, 0, 65535);
+  }
+  addresses(name: SettingName, allowEmpty: boolean): Address[] {
+    try {
+      const list = parseAddressList(this.str(name));
+      if (!allowEmpty && list.length === 0) throw new Error('at least one host:port is required');
+      return list;
+    } catch (err) {
+      throw new ConfigError(`${name}=${JSON.stringify(this.str(name))} is not valid: ${(err as Error).message}`);
+    }
+  }
+  logLevel(): string {
+    const v = this.str('LOG_LEVEL');
+    if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(v)) {
+      throw new ConfigError(`LOG_LEVEL=${JSON.stringify(v)} is not valid: use fatal, error, warn, info, debug, trace or silent`);
+    }
+    return v;
+  }
+}
+
+export interface CommonConfig {
+  logLevel: string;
+  host: string;
+  clusterSecret: string;
+  heartbeatMs: number;
+  maxMessageBytes: number;
+  reconnectMaxMs: number;
+}
+
+function common(r: Reader): CommonConfig {
+  return {
+    logLevel: r.logLevel(),
+    host: r.str('HOST'),
+    clusterSecret: r.str('CLUSTER_SECRET'),
+    heartbeatMs: r.int('HEARTBEAT_MS', 100, 60_000),
+    maxMessageBytes: r.int('MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1),
+    reconnectMaxMs: r.int('RECONNECT_MAX_MS', 50, 60_000),
+  };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+function requireSecretOffLoopback(c: CommonConfig, who: string): void {
+  if (!c.clusterSecret && !isLoopback(c.host)) {
+    throw new ConfigError(
+      `CLUSTER_SECRET is empty but HOST=${c.host} is not loopback: without a secret anyone who can reach the ${who} ` +
+        'could read and write counts. Set CLUSTER_SECRET to a long random string on every process of the mesh, or listen on 127.0.0.1.',
+    );
+  }
+}
+
+export interface CounterConfig extends CommonConfig {
+  port: number;
+  id: string;
+  peers: Address[];
+  dataDir: string;
+  advertiseAddress: string;
+  antiEntropyMs: number;
+  compactBytes: number;
+}
+
+export function counterConfig(env: Env): Readonly<CounterConfig> {
+  const r = new Reader(env);
+  const c = common(r);
+  requireSecretOffLoopback(c, 'counter');
+  const port = r.port('COUNTER_PORT');
+  const advertised = r.str('ADVERTISE_ADDRESS');
+  if (advertised) r.addresses('ADVERTISE_ADDRESS', false);
+  return Object.freeze({
+    ...c,
+    port,
+    id: r.str('COUNTER_ID') || `${os.hostname()}:${port}`,
+    peers: r.addresses('PEERS', true),
+    dataDir: r.str('DATA_DIR'),
+    advertiseAddress: advertised || `${c.host === '0.0.0.0' || c.host === '::' ? os.hostname() : c.host}:${port}`,
+    antiEntropyMs: r.int('ANTI_ENTROPY_MS', 100, 5_000),
+    compactBytes: r.int('COMPACT_BYTES', 64 * 1024, 2 ** 40),
+  });
+}
+
+export interface CoordinatorConfig extends CommonConfig {
+  port: number;
+  counters: Address[];
+  apiKey: string;
+  bodyLimit: number;
+  maxBatch: number;
+  counterTimeoutMs: number;
+  dnsRefreshMs: number;
+}
+
+export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
+  const r = new Reader(env);
+  const c = common(r);
+  return Object.freeze({
+    ...c,
+    port: r.port('HTTP_PORT'),
+    counters: r.addresses('COUNTERS', false),
+    apiKey: r.str('API_KEY'),
+    bodyLimit: r.int('BODY_LIMIT', 1024, 1024 * 1024 * 1024),
+    maxBatch: r.int('MAX_BATCH', 1, 1_000_000),
+    counterTimeoutMs: r.int('COUNTER_TIMEOUT_MS', 50, 600_000),
+    dnsRefreshMs: r.int('DNS_REFRESH_MS', 100, 3_600_000),
+  });
+}
+
+export interface LauncherConfig {
+  logLevel: string;
+  counterCount: number;
+  counterBasePort: number;
+  httpPort: number;
+  host: string;
+  dataDir: string;
+}
+
+export function launcherConfig(env: Env): Readonly<LauncherConfig> {
+  const r = new Reader(env);
+  return Object.freeze({
+    logLevel: r.logLevel(),
+    counterCount: r.int('COUNTER_COUNT', 1, 64),
+    counterBasePort: r.int('COUNTER_BASE_PORT', 1, 65535),
+    httpPort: r.port('HTTP_PORT'),
+    host: r.str('HOST'),
+    dataDir: r.str('DATA_DIR'),
+  });
+}
