@@ -86,15 +86,8 @@ function normalizeIp(ip: string | undefined): string {
  * Never throws.
  */
 function hardClose(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  if (!socket.connecting && typeof socket.resetAndDestroy === 'function') {
-    try {
-      socket.resetAndDestroy();
-      return;
-    } catch {
-      // Not a TCP handle (or already gone): fall back to a plain destroy.
-    }
-  }
+  // resetAndDestroy() on a socket whose peer already half-closed it can leave the TCP handle open
+  // forever on Node 20 (seen here: close() never finished), so a plain destroy it is.
   socket.destroy();
 }
 
@@ -241,7 +234,12 @@ export class FaultProxy {
   async #close(): Promise<void> {
     const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     const links = [...this.#links];
-    for (const link of links) this.#kill(link);
+    for (const link of links) {
+      this.#kill(link);
+      // a socket still connecting or half-closed may not have been reset; make sure it goes
+      link.client.destroy();
+      link.upstream?.destroy();
+    }
     await Promise.all([serverClosed, ...links.map((l) => l.closed)]);
   }
 

@@ -1,0 +1,253 @@
+/**
+ * A mesh of real processes on loopback for tests, the chaos script and the benchmark.
+ * Every process gets its own loopback IP (coordinators 127.0.0.2+, counter i 127.0.0.(10+i)) and
+ * every connection to a counter goes through that counter's FaultProxy (127.0.1.(10+i)), so faults
+ * are injected from outside: the product carries no test switches.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { FaultProxy, type Cut } from '../chaos/fault-proxy.ts';
+import { waitFor } from '../../src/shared/wait.ts';
+
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** One child process of the mesh; keeps the tail of its output for failure reports. */
+export class MeshProcess {
+  proc: ChildProcess | null = null;
+  readonly output: string[] = [];
+  exits = 0;
+
+  constructor(readonly name: string, readonly command: 'counter' | 'coordinator', public env: Record<string, string>) {}
+
+  start(): void {
+    const proc = spawn(process.execPath, ['--import', 'tsx', MAIN, this.command], {
+      env: { ...process.env, ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = proc;
+    const keep = (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n')) if (line) this.output.push(line);
+      if (this.output.length > 400) this.output.splice(0, this.output.length - 400);
+    };
+    proc.stdout!.on('data', keep);
+    proc.stderr!.on('data', keep);
+    proc.once('exit', () => {
+      this.exits++;
+      if (this.proc === proc) this.proc = null;
+    });
+  }
+
+  get running(): boolean {
+    return this.proc !== null;
+  }
+
+  /** Sends the signal and waits for the exit. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const proc = this.proc;
+    if (!proc) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill(signal);
+    await exited;
+  }
+
+  tail(n = 30): string {
+    return this.output.slice(-n).join('\n');
+  }
+}
+
+export interface CounterNode {
+  index: number;
+  id: string;
+  host: string;
+  port: number;
+  dataDir: string;
+  proxy: FaultProxy;
+  process: MeshProcess;
+}
+
+export interface MeshOptions {
+  counters: number;
+  coordinators?: number;
+  /** Extra environment for every process. */
+  env?: Record<string, string>;
+  logLevel?: string;
+}
+
+export class Mesh {
+  readonly secret = randomBytes(16).toString('hex');
+  readonly counters: CounterNode[] = [];
+  readonly coordinators: { host: string; port: number; process: MeshProcess }[] = [];
+  private readonly root: string;
+
+  private constructor(private readonly opts: MeshOptions) {
+    this.root = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-'));
+  }
+
+  /** Starts counters then coordinators and waits until each counter is ready and each coordinator sees all. */
+  static async start(opts: MeshOptions): Promise<Mesh> {
+    const mesh = new Mesh(opts);
+    try {
+      for (let i = 0; i < opts.counters; i++) await mesh.addCounterNode();
+      for (const c of mesh.counters) mesh.configureCounter(c, mesh.counters.filter((o) => o !== c));
+      for (const c of mesh.counters) c.process.start();
+      for (let i = 0; i < (opts.coordinators ?? 1); i++) await mesh.addCoordinator();
+      await mesh.waitReady();
+      return mesh;
+    } catch (err) {
+      await mesh.close();
+      throw err;
+    }
+  }
+
+  get baseEnv(): Record<string, string> {
+    return {
+      CLUSTER_SECRET: this.secret,
+      LOG_LEVEL: this.opts.logLevel ?? 'warn',
+      HEARTBEAT_MS: '500',
+      ANTI_ENTROPY_MS: '1000',
+      RECONNECT_MAX_MS: '400',
+      COUNTER_TIMEOUT_MS: '1500',
+      ...this.opts.env,
+    };
+  }
+
+  /** Allocates a counter (addresses, proxy, data folder) without starting it. */
+  async addCounterNode(): Promise<CounterNode> {
+    const index = this.counters.length;
+    const host = `127.0.0.${10 + index}`;
+    const port = await freePort(host);
+    const proxy = await FaultProxy.start({ listenHost: `127.0.1.${10 + index}`, listenPort: 0, targetHost: host, targetPort: port });
+    const dataDir = path.join(this.root, `c${index}`);
+    const node: CounterNode = { index, id: `c${index}`, host, port, dataDir, proxy, process: new MeshProcess(`c${index}`, 'counter', {}) };
+    this.counters.push(node);
+    return node;
+  }
+
+  /** Sets a counter's environment; `peers` are reached through their proxies. */
+  configureCounter(c: CounterNode, peers: CounterNode[]): void {
+    c.process.env = {
+      ...this.baseEnv,
+      HOST: c.host,
+      COUNTER_PORT: String(c.port),
+      COUNTER_ID: c.id,
+      DATA_DIR: c.dataDir,
+      ADVERTISE_ADDRESS: c.proxy.address,
+      PEERS: peers.map((p) => p.proxy.address).join(','),
+    };
+  }
+
+  async addCoordinator(counters = this.counters): Promise<{ host: string; port: number; process: MeshProcess }> {
+    const host = `127.0.0.${2 + this.coordinators.length}`;
+    const port = await freePort(host);
+    const proc = new MeshProcess(`coordinator${this.coordinators.length}`, 'coordinator', {
+      ...this.baseEnv,
+      HOST: host,
+      HTTP_PORT: String(port),
+      COUNTERS: counters.map((c) => c.proxy.address).join(','),
+    });
+    proc.start();
+    const coord = { host, port, process: proc };
+    this.coordinators.push(coord);
+    await waitFor(async () => (await fetch(`http://${host}:${port}/health`)).ok, 20_000, `${proc.name} health`);
+    return coord;
+  }
+
+  url(p: string, coordinator = 0): string {
+    const c = this.coordinators[coordinator]!;
+    return `http://${c.host}:${c.port}${p}`;
+  }
+
+  /** POSTs items through a coordinator; returns the HTTP status. */
+  async post(items: { id: string; tenant: string }[] | { id: string; tenant: string }, coordinator = 0): Promise<number> {
+    const res = await fetch(this.url('/items', coordinator), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+    await res.arrayBuffer();
+    return res.status;
+  }
+
+  async count(tenant: string, coordinator = 0): Promise<number> {
+    const res = await fetch(this.url(`/items/${encodeURIComponent(tenant)}/count`, coordinator));
+    const body = (await res.json()) as { count?: number; message?: string };
+    if (!res.ok) throw new Error(`count ${tenant}: ${res.status} ${body.message}`);
+    return body.count!;
+  }
+
+  /** A counter's own count, asked directly (not through its proxy). */
+  async counterCount(c: CounterNode, tenant: string): Promise<number> {
+    const res = await fetch(`http://${c.host}:${c.port}/items/${encodeURIComponent(tenant)}/count`, { headers: { authorization: `Bearer ${this.secret}` } });
+    const body = (await res.json()) as { count?: number; message?: string };
+    if (!res.ok) throw new Error(`${c.id} count ${tenant}: ${res.status} ${body.message}`);
+    return body.count!;
+  }
+
+  async counterReady(c: CounterNode): Promise<boolean> {
+    try {
+      return (await fetch(`http://${c.host}:${c.port}/ready`, { headers: { authorization: `Bearer ${this.secret}` } })).ok;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Waits until every running counter is ready and every coordinator is ready. */
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    for (const c of this.counters) if (c.process.running) await waitFor(() => this.counterReady(c), timeoutMs, `${c.id} ready\n${c.process.tail()}`);
+    for (let i = 0; i < this.coordinators.length; i++) {
+      await waitFor(async () => {
+        const res = await fetch(this.url('/counters', i));
+        const list = (await res.json()) as { ready: boolean }[];
+        return list.filter((x) => x.ready).length >= this.counters.filter((c) => c.process.running).length;
+      }, timeoutMs, `coordinator ${i} sees the running counters`);
+    }
+  }
+
+  /** Waits until every running counter counts `expected` for each tenant. */
+  async waitConverged(expected: Map<string, number>, timeoutMs = 20_000): Promise<void> {
+    for (const c of this.counters) {
+      if (!c.process.running) continue;
+      for (const [tenant, n] of expected) {
+        await waitFor(async () => (await this.counterCount(c, tenant)) === n, timeoutMs, `${c.id} to count ${n} for ${tenant} (has ${await this.counterCount(c, tenant).catch((e: Error) => e.message)})`);
+      }
+    }
+  }
+
+  async restartCounter(c: CounterNode): Promise<void> {
+    c.process.start();
+    await waitFor(() => this.counterReady(c), 30_000, `${c.id} ready after restart\n${c.process.tail()}`);
+  }
+
+  /** Cuts every link between the two sides (counter ↔ counter), both directions. */
+  partition(a: CounterNode[], b: CounterNode[], kind: Cut = 'reset'): void {
+    for (const x of a) x.proxy.cut(kind, b.map((y) => y.host));
+    for (const y of b) y.proxy.cut(kind, a.map((x) => x.host));
+  }
+
+  /** Cuts a coordinator off a counter. */
+  isolateFromCoordinator(c: CounterNode, kind: Cut = 'reset', coordinator = 0): void {
+    c.proxy.cut(kind, [this.coordinators[coordinator]!.host]);
+  }
+
+  heal(): void {
+    for (const c of this.counters) c.proxy.heal();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.coordinators.map((c) => c.process.kill('SIGKILL')), ...this.counters.map((c) => c.process.kill('SIGKILL'))]);
+    await Promise.all(this.counters.map((c) => c.proxy.close()));
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}
