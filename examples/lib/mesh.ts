@@ -15,6 +15,7 @@ import { FaultProxy, type Cut } from '../chaos/fault-proxy.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+const TSX_LOADER = import.meta.resolve('tsx');
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -36,7 +37,7 @@ export class MeshProcess {
   constructor(readonly name: string, readonly command: 'counter' | 'coordinator', public env: Record<string, string>) {}
 
   start(): void {
-    const proc = spawn(process.execPath, ['--import', 'tsx', MAIN, this.command], {
+    const proc = spawn(process.execPath, ['--import', TSX_LOADER, MAIN, this.command], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

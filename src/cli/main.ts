@@ -11,7 +11,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return command ? 0 : 1;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  if ((rest.includes('--help') || rest.includes('-h')) && command !== 'chaos' && command !== 'bench') {
     const text = commandHelp(command);
     if (!text) throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
     process.stdout.write(text);

@@ -11,18 +11,25 @@ import { fileURLToPath } from 'node:url';
 import type { Env, LauncherConfig } from '../shared/config.ts';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+/** tsx's loader by absolute URL: `--import tsx` would be looked up from the working directory. */
+export const TSX_LOADER = import.meta.resolve('tsx');
 const RESTART_DELAY_MS = 1000;
+/** A child that keeps dying right after start (bad setting, port taken) is retried ever more slowly. */
+const MAX_RESTART_DELAY_MS = 30_000;
+const STABLE_AFTER_MS = 10_000;
 
 interface Child {
   name: string;
   env: Env;
   proc: ChildProcess | null;
   restart: boolean;
+  delayMs: number;
+  startedAt: number;
 }
 
 /** Spawns `counter-mesh <command>` under the same Node with tsx, with `env` on top of ours. */
 export function spawnMeshProcess(command: string, env: Env, stdio: 'pipe' | 'inherit' | 'ignore' = 'pipe'): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', MAIN, command], {
+  return spawn(process.execPath, ['--import', TSX_LOADER, MAIN, command], {
     env: { ...process.env, ...env },
     stdio: ['ignore', stdio, stdio],
   });
@@ -38,6 +45,8 @@ export async function runUp(config: Readonly<LauncherConfig>, env: Env): Promise
     name: `counter-${i + 1}`,
     restart: true,
     proc: null,
+    delayMs: RESTART_DELAY_MS,
+    startedAt: 0,
     env: {
       ...shared,
       COUNTER_PORT: String(port),
@@ -46,12 +55,13 @@ export async function runUp(config: Readonly<LauncherConfig>, env: Env): Promise
       DATA_DIR: path.join(config.dataDir, `counter-${i + 1}`),
     },
   }));
-  children.push({ name: 'coordinator', restart: true, proc: null, env: { ...shared, HTTP_PORT: String(config.httpPort), COUNTERS: addresses.join(',') } });
+  children.push({ name: 'coordinator', restart: true, proc: null, delayMs: RESTART_DELAY_MS, startedAt: 0, env: { ...shared, HTTP_PORT: String(config.httpPort), COUNTERS: addresses.join(',') } });
 
   let stopping = false;
   const start = (c: Child) => {
     const proc = spawnMeshProcess(c.name === 'coordinator' ? 'coordinator' : 'counter', c.env);
     c.proc = proc;
+    c.startedAt = Date.now();
     const width = Math.max(...children.map((x) => x.name.length));
     for (const stream of [proc.stdout, proc.stderr]) {
       if (!stream) continue;
@@ -60,8 +70,11 @@ export async function runUp(config: Readonly<LauncherConfig>, env: Env): Promise
     proc.on('exit', (code, signal) => {
       c.proc = null;
       if (stopping) return;
-      process.stdout.write(`[up] ${c.name} exited (${signal ?? code}); starting it again in ${RESTART_DELAY_MS} ms\n`);
-      setTimeout(() => !stopping && start(c), RESTART_DELAY_MS);
+      const stable = Date.now() - c.startedAt > STABLE_AFTER_MS;
+      const delay = stable ? RESTART_DELAY_MS : c.delayMs;
+      c.delayMs = Math.min(MAX_RESTART_DELAY_MS, delay * 2);
+      process.stdout.write(`[up] ${c.name} exited (${signal ?? code}); starting it again in ${delay} ms\n`);
+      setTimeout(() => !stopping && start(c), delay);
     });
   };
   children.forEach(start);

@@ -27,7 +27,7 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
   const authorized = (header: string | undefined) => !config.clusterSecret || bearerMatches(header, config.clusterSecret);
 
   app.addHook('onRequest', async (req, reply) => {
-    if (req.url === '/health') return;
+    if (req.routeOptions.url === '/health') return;
     if (!authorized(req.headers.authorization)) {
       return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'send Authorization: Bearer <CLUSTER_SECRET>' });
     }

@@ -63,7 +63,8 @@ export function parseDotEnv(text: string): Env {
     if (eq < 1) continue;
     let value = line.slice(eq + 1).trim();
     if (/^(['"]).*\1$/.test(value)) value = value.slice(1, -1);
-    out[line.slice(0, eq).trim()] = value;
+    else value = value.replace(/\s+#.*$/, '');
+    out[line.slice(0, eq).trim().replace(/^export\s+/, '')] = value;
   }
   return out;
 }
