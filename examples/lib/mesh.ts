@@ -11,11 +11,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { tsxLoaderUrl } from '../../src/shared/tsx-loader.ts';
 import { FaultProxy, type Cut } from '../chaos/fault-proxy.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-const TSX_LOADER = import.meta.resolve('tsx');
+const TSX_LOADER = tsxLoaderUrl();
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {

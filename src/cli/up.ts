@@ -8,11 +8,11 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { tsxLoaderUrl } from '../shared/tsx-loader.ts';
 import type { Env, LauncherConfig } from '../shared/config.ts';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
-/** tsx's loader by absolute URL: `--import tsx` would be looked up from the working directory. */
-export const TSX_LOADER = import.meta.resolve('tsx');
+const TSX_LOADER = tsxLoaderUrl();
 const RESTART_DELAY_MS = 1000;
 /** A child that keeps dying right after start (bad setting, port taken) is retried ever more slowly. */
 const MAX_RESTART_DELAY_MS = 30_000;

@@ -13,6 +13,9 @@ import { Gossip } from './gossip.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
 
+/** How long a starting counter waits for a peer's state before it serves anyway. */
+const CATCH_UP_GRACE_HEARTBEATS = 2;
+
 interface PendingAdd {
   items: Item[];
   resolve: (n: number) => void;
@@ -31,6 +34,9 @@ export class Counter implements CounterApi {
   /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */
   private persistDebt = false;
   private needsPeerSync = false;
+  /** Briefly after start, wait for one peer's state so a restarted counter does not answer stale counts. */
+  private catchingUp = false;
+  private catchUpTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private lastStatusKey = '';
 
@@ -60,6 +66,7 @@ export class Counter implements CounterApi {
       counter.app = app;
       counter.wss = wss;
       await app.listen({ host: config.host, port: config.port });
+      counter.startCatchUp();
       counter.gossip.start();
       log.info({ id: config.id, address: app.server.address(), advertised: config.advertiseAddress, ready: counter.ready }, 'counter listening');
       return counter;
@@ -84,12 +91,13 @@ export class Counter implements CounterApi {
   }
 
   get ready(): boolean {
-    return !this.closing && !this.needsPeerSync;
+    return !this.closing && !this.needsPeerSync && !this.catchingUp;
   }
 
   notReadyReason(): string {
     if (this.closing) return 'counter is shutting down';
     if (this.needsPeerSync) return 'counter found damaged data on disk and waits to sync from a peer';
+    if (this.catchingUp) return 'counter just started and is catching up from its peers';
     return '';
   }
 
@@ -118,6 +126,7 @@ export class Counter implements CounterApi {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
     this.gossip.close();
     this.sessions.close();
     for (const c of this.wss?.clients ?? []) c.terminate();
@@ -179,7 +188,24 @@ export class Counter implements CounterApi {
     if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.gset.encodeState());
   }
 
+  private startCatchUp(): void {
+    if (this.config.peers.length === 0) return;
+    this.catchingUp = true;
+    // peers that are all down must not keep a healthy counter out of service for long
+    this.catchUpTimer = setTimeout(() => this.endCatchUp('no peer answered in time'), CATCH_UP_GRACE_HEARTBEATS * this.config.heartbeatMs);
+    this.catchUpTimer.unref();
+  }
+
+  private endCatchUp(why: string): void {
+    if (!this.catchingUp) return;
+    this.catchingUp = false;
+    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
+    this.log.info({ why, items: this.gset.size }, 'ready');
+    this.statusChanged();
+  }
+
   private onSynced(peer: string | null): void {
+    this.endCatchUp(`synced from ${peer ?? 'a peer'}`);
     if (this.needsPeerSync) {
       this.needsPeerSync = false;
       this.log.info({ peer, items: this.gset.size }, 'synced from a peer after damaged data; ready');
