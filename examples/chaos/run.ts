@@ -1,0 +1,440 @@
+/**
+ * One chaos run, returning its report: a private mesh, concurrent writers through the coordinator,
+ * a seeded fault schedule (see schedule.ts), then heal, optional resend of unknown outcomes,
+ * convergence, and the checks. `main.ts` parses flags and prints; tests call {@link chaos} directly.
+ */
+import { Mesh, type CounterNode } from '../lib/mesh.ts';
+import { mulberry32, streamSeed } from './prng.ts';
+import { FAULT_KINDS, describeFault, planFaults, type Fault, type FaultKind, type NetworkFault, type ProcessFault } from './schedule.ts';
+
+export interface ChaosOptions {
+  counters: number;
+  durationS: number;
+  seed: number;
+  /** Items per second over all clients, or as fast as the clients go. */
+  rate: number | 'max';
+  clients: number;
+  tenants: number;
+  /**
+   * Resend every item whose outcome is unknown (rejected, timed out, transport error) after the
+   * heal until it is acknowledged, so the per-tenant check becomes exact. Default true.
+   */
+  resend?: boolean;
+  /** Per-request client timeout (fetch AbortSignal). Default 5000. */
+  requestTimeoutMs?: number;
+  /** How long after the heal counters get to agree. Default 60000. */
+  convergenceDeadlineMs?: number;
+  /** Aborting it (Ctrl-C) ends the run early; the mesh is still closed, no checks are made. */
+  signal?: AbortSignal;
+  /** Progress lines (fault injected, healed, converged...). */
+  log?: (line: string) => void;
+  /** Extra environment for every process of the mesh, e.g. COMPACT_BYTES to force compactions. */
+  env?: Record<string, string>;
+}
+
+export interface TenantResult {
+  tenant: string;
+  /** Distinct items sent for this tenant. */
+  sent: number;
+  /** Items acknowledged (2xx), on the first try or on a resend. */
+  acked: number;
+  /** Sent but never acknowledged: may or may not be counted. */
+  unknown: number;
+  /** This tenant's count on each counter after convergence (null: the counter did not answer). */
+  counted: (number | null)[];
+  /** Acknowledged items the counters do not count: max(0, acked − highest count). Must be 0. */
+  lost: number;
+  /** Counted items that were never sent: max(0, highest count − sent). Must be 0. */
+  phantom: number;
+}
+
+export interface InjectedFault {
+  kind: FaultKind;
+  description: string;
+  plannedAtMs: number;
+  /** When it actually started, ms after the writes started. */
+  atMs: number;
+  /** When it was healed / the counters were started again. */
+  endMs: number | null;
+}
+
+export interface ChaosReport {
+  options: { counters: number; durationS: number; seed: number; rate: number | 'max'; clients: number; tenants: number; resend: boolean; requestTimeoutMs: number; env: Record<string, string> };
+  /** What is checked, in words. */
+  checks: string[];
+  /** The planned schedule (a function of seed, counters and duration). */
+  schedule: (Fault & { description: string })[];
+  /** What was actually injected, with actual times (the tail of the schedule is cut by the end of the run). */
+  injected: InjectedFault[];
+  faults: Record<FaultKind, number> & { killedCounters: number; partitions: number; isolations: number; total: number };
+  writes: {
+    /** Requests during the write phase. */
+    requests: number;
+    /** Requests of the resend after the heal. */
+    resendRequests: number;
+    /** Distinct items sent. */
+    sent: number;
+    ackedFirstTry: number;
+    rejected: number;
+    timedOut: number;
+    /** Transport errors other than the timeout (connection refused or reset by the coordinator). */
+    failed: number;
+    /** Status codes of rejected requests, e.g. {"503": 12}. */
+    rejectedByStatus: Record<string, number>;
+    resent: number;
+    ackedOnResend: number;
+    /** Acknowledged in the end (first try or resend). */
+    acked: number;
+    /** Never acknowledged. */
+    unknown: number;
+    /** Achieved rate over the write phase, items per second. */
+    itemsPerSecond: number;
+  };
+  /** Items counted: the sum over tenants of the (agreed) counts. */
+  counted: number;
+  lost: number;
+  phantom: number;
+  disagreeingCounters: number;
+  /** Time from the heal (all links healed, all counters running) until every counter agreed on every tenant; null if they never did. */
+  convergenceMs: number | null;
+  /** Time the resend of unknown outcomes took (part of convergenceMs). */
+  resendMs: number;
+  /** Process exits nobody asked for (counters or the coordinator crashing). */
+  unexpectedExits: { process: string; exits: number; tail: string }[];
+  tenants: TenantResult[];
+  violations: string[];
+  notes: string[];
+  interrupted: boolean;
+  ok: boolean;
+  elapsedMs: number;
+}
+
+type Outcome = 'acked' | 'rejected' | 'timeout' | 'failed';
+
+interface ItemRecord {
+  id: string;
+  tenant: number;
+  outcome: Outcome;
+  ackedOnResend: boolean;
+}
+
+const SETTLE_MS = 2000;
+const RESEND_DEADLINE_MS = 30_000;
+const RESEND_BATCH = 50;
+
+/** Resolves true after `ms`, or false as soon as `signal` aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  if (ms <= 0) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (full: boolean) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      resolve(full);
+    };
+    const onAbort = () => done(false);
+    const timer = setTimeout(() => done(true), ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+    }),
+  ]);
+}
+
+export const tenantName = (i: number) => `tenant-${i}`;
+
+export function checksText(resend: boolean): string[] {
+  return [
+    'Every item has a unique id and is sent once by one client; for each item the first outcome is recorded: acknowledged (2xx), rejected (non-2xx) or timed out / transport error.',
+    resend
+      ? 'After the heal every item whose outcome is unknown is resent (adds are idempotent) until acknowledged; acknowledged items are never resent, so a resend cannot hide a lost item.'
+      : 'Items whose outcome is unknown are not resent (--no-resend): they may or may not be counted.',
+    'Every counter is asked directly (not through its fault proxy) for every tenant\'s count until all agree and stay agreed for 2 s.',
+    `Per tenant: lost = acknowledged − counted must be 0 (exact when every item of the tenant ended acknowledged${resend ? ', which the resend ensures' : ''}; otherwise a lower bound: an unknown-outcome item that landed can mask a loss); phantom = counted − sent must be 0; every counter must count the same.`,
+    'No counter or coordinator may exit unless the schedule killed it.',
+  ];
+}
+
+export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
+  const started = Date.now();
+  const log = opts.log ?? (() => {});
+  const resend = opts.resend ?? true;
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 5000;
+  const convergenceDeadlineMs = opts.convergenceDeadlineMs ?? 60_000;
+  const durationMs = Math.round(opts.durationS * 1000);
+  const plan = planFaults(opts.seed, opts.counters, durationMs);
+  const tenants = Array.from({ length: opts.tenants }, (_, i) => tenantName(i));
+  const interrupted = () => opts.signal?.aborted === true;
+
+  const violations: string[] = [];
+  const notes: string[] = [];
+  const injected: InjectedFault[] = [];
+  const faultCounts = Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<FaultKind, number>;
+  let killedCounters = 0;
+  const records: ItemRecord[] = [];
+  const rejectedByStatus: Record<string, number> = {};
+  let requests = 0;
+
+  log(`starting a mesh of ${opts.counters} counters and a coordinator`);
+  const mesh = await Mesh.start({ counters: opts.counters, env: opts.env });
+  const killChildren = () => {
+    for (const p of [...mesh.counters.map((c) => c.process), ...mesh.coordinators.map((c) => c.process)]) p.proc?.kill('SIGKILL');
+  };
+  // last resort if the process exits without reaching the finally below
+  process.on('exit', killChildren);
+  const kills = new Map<CounterNode, number>();
+  try {
+    const url = mesh.url('/items');
+    const stop = new AbortController();
+    const onInterrupt = () => stop.abort();
+    opts.signal?.addEventListener('abort', onInterrupt, { once: true });
+    const t0 = Date.now();
+    const at = () => Date.now() - t0;
+    const sec = () => `+${(at() / 1000).toFixed(1)}s`;
+    const endTimer = setTimeout(() => stop.abort(), durationMs);
+
+    // ---- writers -------------------------------------------------------------------------------
+    const post = async (body: unknown): Promise<{ outcome: Outcome; status?: number }> => {
+      requests++;
+      try {
+        const res = await fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(requestTimeoutMs),
+        });
+        await res.arrayBuffer();
+        return res.ok ? { outcome: 'acked' } : { outcome: 'rejected', status: res.status };
+      } catch (err) {
+        return { outcome: (err as Error).name === 'TimeoutError' ? 'timeout' : 'failed' };
+      }
+    };
+    // shared pacing: item k of the run is due at t0 + k / rate; at most 1 s of backlog is caught up
+    let nextDue = t0;
+    const perItemMs = opts.rate === 'max' ? 0 : 1000 / opts.rate;
+    const writer = async (client: number) => {
+      const rng = mulberry32(streamSeed(opts.seed, `client-${client}`));
+      let n = 0;
+      while (!stop.signal.aborted) {
+        const size = rng() < 0.5 ? 1 : 2 + Math.floor(rng() * 9);
+        if (perItemMs > 0) {
+          const due = Math.max(nextDue, Date.now() - 1000);
+          nextDue = due + size * perItemMs;
+          if (!(await sleep(due - Date.now(), stop.signal))) break;
+        }
+        const batch: ItemRecord[] = [];
+        for (let i = 0; i < size; i++) batch.push({ id: `${opts.seed}-${client}-${n++}`, tenant: Math.floor(rng() * opts.tenants), outcome: 'failed', ackedOnResend: false });
+        const items = batch.map((r) => ({ id: r.id, tenant: tenants[r.tenant]! }));
+        const { outcome, status } = await post(size === 1 && rng() < 0.5 ? items[0] : items);
+        if (status !== undefined) rejectedByStatus[status] = (rejectedByStatus[status] ?? 0) + 1;
+        for (const r of batch) {
+          r.outcome = outcome;
+          records.push(r);
+        }
+      }
+    };
+
+    // ---- faults ------------------------------------------------------------------------------
+    const restart = async (c: CounterNode) => {
+      try {
+        await mesh.restartCounter(c);
+      } catch (err) {
+        violations.push(`${c.id} did not become ready after a restart: ${(err as Error).message.split('\n')[0]}`);
+      }
+    };
+    const processTrack = async (faults: ProcessFault[]) => {
+      for (const f of faults) {
+        if (!(await sleep(t0 + f.atMs - Date.now(), stop.signal))) return;
+        const victims = f.targets.map((i) => mesh.counters[i]!).filter((c) => c.process.running);
+        if (victims.length === 0) continue;
+        const record: InjectedFault = { kind: f.kind, description: describeFault(f), plannedAtMs: f.atMs, atMs: at(), endMs: null };
+        injected.push(record);
+        log(`${sec()} ${record.description}`);
+        for (const v of victims) kills.set(v, (kills.get(v) ?? 0) + 1);
+        await Promise.all(victims.map((v) => v.process.kill('SIGKILL')));
+        faultCounts[f.kind]++;
+        killedCounters += victims.length;
+        await sleep(f.downMs, stop.signal);
+        if (interrupted()) return;
+        await Promise.all(victims.map(restart));
+        record.endMs = at();
+        log(`${sec()} ${victims.map((v) => v.id).join(',')} ready again`);
+      }
+    };
+    const networkTrack = async (faults: NetworkFault[]) => {
+      for (const f of faults) {
+        if (!(await sleep(t0 + f.atMs - Date.now(), stop.signal))) return;
+        const nodes = (list: number[]) => list.map((i) => mesh.counters[i]!);
+        const record: InjectedFault = { kind: f.kind, description: describeFault(f), plannedAtMs: f.atMs, atMs: at(), endMs: null };
+        injected.push(record);
+        log(`${sec()} ${record.description}`);
+        if (f.sideA.length > 0 && f.sideB.length > 0) mesh.partition(nodes(f.sideA), nodes(f.sideB), f.cut);
+        for (const c of nodes(f.isolated)) mesh.isolateFromCoordinator(c, f.cut);
+        faultCounts[f.kind]++;
+        await sleep(f.forMs, stop.signal);
+        mesh.heal();
+        record.endMs = at();
+        log(`${sec()} healed`);
+      }
+    };
+
+    log(`writing for ${opts.durationS} s with ${opts.clients} clients at ${opts.rate === 'max' ? 'max rate' : `${opts.rate} items/s`}; ${plan.length} faults planned`);
+    await Promise.all([
+      ...Array.from({ length: opts.clients }, (_, i) => writer(i)),
+      processTrack(plan.filter((f): f is ProcessFault => f.track === 'process')),
+      networkTrack(plan.filter((f): f is NetworkFault => f.track === 'network')),
+    ]);
+    clearTimeout(endTimer);
+    const writeMs = Math.max(1, at());
+    const writeRequests = requests;
+    opts.signal?.removeEventListener('abort', onInterrupt);
+
+    // ---- heal ---------------------------------------------------------------------------------
+    mesh.heal();
+    const unexpectedExits: ChaosReport['unexpectedExits'] = [];
+    // on Ctrl-C the terminal sends SIGINT to the children too: their exits are not crashes
+    for (const c of interrupted() ? [] : mesh.counters) {
+      const extra = c.process.exits - (kills.get(c) ?? 0);
+      if (extra > 0) unexpectedExits.push({ process: c.id, exits: extra, tail: c.process.tail(20) });
+    }
+    for (const [i, c] of interrupted() ? [] : mesh.coordinators.entries()) {
+      if (c.process.exits > 0) unexpectedExits.push({ process: `coordinator${i}`, exits: c.process.exits, tail: c.process.tail(20) });
+    }
+    for (const u of unexpectedExits) violations.push(`${u.process} exited ${u.exits} time(s) without being killed`);
+    if (!interrupted()) await Promise.all(mesh.counters.filter((c) => !c.process.running).map(restart));
+    const healAt = Date.now();
+    log(interrupted() ? `${sec()} interrupted; closing the mesh` : `${sec()} healed everything, all counters running; writes stopped`);
+
+    // ---- resend unknown outcomes -----------------------------------------------------------------
+    let resent = 0;
+    if (resend && !interrupted()) {
+      let pending = records.filter((r) => r.outcome !== 'acked');
+      resent = pending.length;
+      while (pending.length > 0 && Date.now() - healAt < RESEND_DEADLINE_MS && !interrupted()) {
+        const batch = pending.slice(0, RESEND_BATCH);
+        const { outcome } = await post(batch.map((r) => ({ id: r.id, tenant: tenants[r.tenant]! })));
+        if (outcome === 'acked') {
+          for (const r of batch) r.ackedOnResend = true;
+          pending = pending.slice(batch.length);
+        } else {
+          await sleep(200, opts.signal);
+        }
+      }
+      if (pending.length > 0) notes.push(`${pending.length} items were still not acknowledged ${RESEND_DEADLINE_MS / 1000} s after the heal; their tenants are checked with bounds only`);
+    }
+    const resendMs = Date.now() - healAt;
+
+    // ---- convergence -----------------------------------------------------------------------------
+    const countsNow = () =>
+      Promise.all(
+        mesh.counters.map((c) =>
+          Promise.all(tenants.map((t) => withTimeout(mesh.counterCount(c, t), 3000, `${c.id} count`).catch(() => null))),
+        ),
+      );
+    const agreed = (snap: (number | null)[][]) => snap.every((row) => row.every((v, t) => v !== null && v === snap[0]![t]));
+    const same = (a: (number | null)[][], b: (number | null)[][]) => a.every((row, i) => row.every((v, t) => v === b[i]![t]));
+    let snap: (number | null)[][] = [];
+    let convergenceMs: number | null = null;
+    let candidate: { snap: (number | null)[][]; at: number } | null = null;
+    while (!interrupted()) {
+      snap = await countsNow();
+      const now = Date.now();
+      if (agreed(snap)) {
+        if (candidate && same(snap, candidate.snap)) {
+          if (now - candidate.at >= SETTLE_MS) {
+            convergenceMs = candidate.at - healAt;
+            break;
+          }
+        } else {
+          candidate = { snap, at: now };
+        }
+      } else {
+        candidate = null;
+      }
+      if (now - healAt > convergenceDeadlineMs) break;
+      await sleep(100, opts.signal);
+    }
+    if (convergenceMs !== null) log(`converged ${convergenceMs} ms after the heal`);
+    else if (!interrupted()) log(`counters did not agree within ${convergenceDeadlineMs} ms of the heal`);
+
+    // ---- checks ----------------------------------------------------------------------------------
+    const results: TenantResult[] = tenants.map((tenant, t) => {
+      const mine = records.filter((r) => r.tenant === t);
+      const acked = mine.filter((r) => r.outcome === 'acked' || r.ackedOnResend).length;
+      const counted = mesh.counters.map((_, i) => snap[i]?.[t] ?? null);
+      const known = counted.filter((v): v is number => v !== null);
+      const top = known.length > 0 ? Math.max(...known) : 0;
+      // interrupted: nothing was counted, so nothing can be judged
+      const judged = !interrupted();
+      return { tenant, sent: mine.length, acked, unknown: mine.length - acked, counted, lost: judged ? Math.max(0, acked - top) : 0, phantom: judged ? Math.max(0, top - mine.length) : 0 };
+    });
+    const reference = results.map((r) => {
+      const known = r.counted.filter((v): v is number => v !== null);
+      return known.length > 0 ? Math.max(...known) : null;
+    });
+    const disagreeing = interrupted() ? [] : mesh.counters.filter((_, i) => results.some((r, t) => r.counted[i] !== reference[t]));
+    if (!interrupted()) {
+      for (const r of results) {
+        if (r.lost > 0) violations.push(`${r.tenant}: ${r.lost} acknowledged item(s) lost — acknowledged ${r.acked}, counted ${Math.max(...r.counted.map((v) => v ?? 0))}, sent ${r.sent}`);
+        if (r.phantom > 0) violations.push(`${r.tenant}: ${r.phantom} phantom item(s) — counted ${Math.max(...r.counted.map((v) => v ?? 0))} but only ${r.sent} sent`);
+      }
+      for (const c of disagreeing) {
+        const i = mesh.counters.indexOf(c);
+        const differ = results.filter((r) => r.counted[i] !== reference[tenants.indexOf(r.tenant)]);
+        violations.push(`${c.id} disagrees after ${convergenceDeadlineMs / 1000} s: ${differ.map((r) => `${r.tenant} ${r.counted[i] ?? 'no answer'} (others up to ${reference[tenants.indexOf(r.tenant)]})`).join(', ')}`);
+      }
+    }
+    const internal = Object.entries(rejectedByStatus).filter(([s]) => Number(s) >= 500 && s !== '503');
+    if (internal.length > 0) notes.push(`unexpected server errors from the coordinator: ${internal.map(([s, n]) => `${n}× ${s}`).join(', ')}`);
+
+    const acked = results.reduce((s, r) => s + r.acked, 0);
+    const count = (o: Outcome) => records.filter((r) => r.outcome === o).length;
+    const partitions = faultCounts['partition-reset'] + faultCounts['partition-blackhole'] + faultCounts['split-brain'];
+    const isolations = faultCounts['isolate-reset'] + faultCounts['isolate-blackhole'] + faultCounts['split-brain'];
+    return {
+      options: { counters: opts.counters, durationS: opts.durationS, seed: opts.seed, rate: opts.rate, clients: opts.clients, tenants: opts.tenants, resend, requestTimeoutMs, env: opts.env ?? {} },
+      checks: checksText(resend),
+      schedule: plan.map((f) => ({ ...f, description: describeFault(f) })),
+      injected,
+      faults: { ...faultCounts, killedCounters, partitions, isolations, total: injected.length },
+      writes: {
+        requests: writeRequests,
+        resendRequests: requests - writeRequests,
+        sent: records.length,
+        ackedFirstTry: count('acked'),
+        rejected: count('rejected'),
+        timedOut: count('timeout'),
+        failed: count('failed'),
+        rejectedByStatus,
+        resent,
+        ackedOnResend: records.filter((r) => r.ackedOnResend).length,
+        acked,
+        unknown: records.length - acked,
+        itemsPerSecond: Math.round((records.length / writeMs) * 1000),
+      },
+      counted: reference.reduce<number>((s, v) => s + (v ?? 0), 0),
+      lost: results.reduce((s, r) => s + r.lost, 0),
+      phantom: results.reduce((s, r) => s + r.phantom, 0),
+      disagreeingCounters: disagreeing.length,
+      convergenceMs,
+      resendMs,
+      unexpectedExits,
+      tenants: results,
+      violations,
+      notes,
+      interrupted: interrupted(),
+      ok: violations.length === 0 && !interrupted(),
+      elapsedMs: Date.now() - started,
+    };
+  } finally {
+    process.off('exit', killChildren);
+    await mesh.close();
+  }
+}

@@ -1,0 +1,27 @@
+/** A short chaos run in-process: kills, partitions, coordinator cuts; nothing acknowledged is lost. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { chaos } from '../examples/chaos/run.ts';
+import { formatReport } from '../examples/chaos/main.ts';
+import { planFaults } from '../examples/chaos/schedule.ts';
+
+test('the fault schedule is a function of the seed', () => {
+  assert.equal(planFaults(7, 3, 60_000), planFaults(7, 3, 60_000));
+  assert.not.equal(planFaults(7, 3, 60_000), planFaults(8, 3, 60_000));
+});
+
+test('a 20 s chaos run loses no acknowledged item, invents none, and all counters agree', async () => {
+  const report = await chaos({ counters: 3, durationS: 16, seed: 1, rate: 200, clients: 8, tenants: 5, convergenceDeadlineMs: 20_000 });
+  const text = formatReport(report);
+  assert.ok(report.writes.acked > 1000, `writes went through\n${text}`);
+  assert.is(report.lost, 0, `no lost acknowledged item\n${text}`);
+  assert.is(report.phantom, 0, `no phantom\n${text}`);
+  assert.is(report.disagreeingCounters, 0, `counters agree\n${text}`);
+  assert.ok(report.convergenceMs !== null, `counters converged\n${text}`);
+  assert.ok(report.faults.killedCounters > 0, `counters were killed\n${text}`);
+  assert.ok(report.faults.partitions > 0, `counters were partitioned\n${text}`);
+  assert.equal(report.violations, [], text);
+  assert.ok(report.ok, text);
+});
+
+test.run();
