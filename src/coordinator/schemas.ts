@@ -6,11 +6,18 @@ export const MAX_FIELD_CHARS = 256;
 
 const field = { type: 'string', minLength: 1, maxLength: MAX_FIELD_CHARS, pattern: WELL_FORMED } as const;
 
+/**
+ * A tenant is read back as one URL path segment; "." and ".." cannot be one (URL parsers in
+ * clients remove them, `encodeURIComponent` leaves dots alone), so they are refused as tenants.
+ */
+const tenant = { ...field, not: { enum: ['.', '..'] } } as const;
+
+/** Extra properties are rejected, never silently dropped: a typo like "tennant" must not pass. */
 export const itemSchema = {
   type: 'object',
   required: ['id', 'tenant'],
   additionalProperties: false,
-  properties: { id: field, tenant: field },
+  properties: { id: field, tenant },
 } as const;
 
 /** The body after the preValidation hook has wrapped a single item in an array. */
@@ -21,7 +28,7 @@ export function postItemsBody(maxBatch: number) {
 export const countParams = {
   type: 'object',
   required: ['tenant'],
-  properties: { tenant: field },
+  properties: { tenant },
 } as const;
 
 export const errorResponse = {

@@ -1,18 +1,30 @@
 /**
  * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { bearerMatches } from '../shared/secret.ts';
 import type { Item } from '../protocol/messages.ts';
 import { countParams, postItemsBody } from './schemas.ts';
-import { handleError, sendError } from './errors.ts';
+import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
 import { NoCounterAvailableError, type CounterPool } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
 
+/** Routes that answer without API_KEY (load balancers and orchestrators probe them). */
 const OPEN_ROUTES = new Set(['/health', '/ready']);
 const MAX_URL_LENGTH = 8192;
+/** Slow or idle clients cannot pin connections (test/api.test.ts checks the server has them). */
+export const TIMEOUTS = {
+  /** The whole request, headers and body. */
+  requestMs: 30_000,
+  /** The request headers. */
+  headersMs: 10_000,
+  /** A socket with no traffic at all. */
+  idleMs: 60_000,
+  /** An idle keep-alive connection between requests. */
+  keepAliveMs: 5_000,
+} as const;
 /** Which methods each path answers, for 405 + Allow. */
 const ALLOWED: [RegExp, string][] = [
   [/^\/items\/?$/, 'POST'],
@@ -22,26 +34,43 @@ const ALLOWED: [RegExp, string][] = [
 
 type Req = FastifyRequest & { singleItem?: boolean };
 
-export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: CounterPool, log: Logger): FastifyInstance {
+/** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
+export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'add' | 'count'>;
+
+export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimit,
-    maxParamLength: MAX_URL_LENGTH,
-    // slow or idle clients cannot pin connections: whole request in 30 s, idle keep-alive 5 s
-    requestTimeout: 30_000,
-    connectionTimeout: 60_000,
-    keepAliveTimeout: 5_000,
+    routerOptions: { maxParamLength: MAX_URL_LENGTH, ignoreTrailingSlash: true },
+    requestTimeout: TIMEOUTS.requestMs,
+    connectionTimeout: TIMEOUTS.idleMs,
+    keepAliveTimeout: TIMEOUTS.keepAliveMs,
+    // bad percent-encoding and over-long parameters go through the catalogue too
+    frameworkErrors: handleError,
+    // and so do requests Node's HTTP parser refuses (garbage, 431, 408)
+    clientErrorHandler,
+    // extra properties are rejected, never silently dropped; nothing is coerced
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
-  app.server.headersTimeout = 10_000;
+  app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
+
+  // JSON only: no text/plain parser (a wrong Content-Type is a 415, not a confusing 400)
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+    try {
+      done(null, parseJsonBody(req.headers['content-type'], body as Buffer));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
 
   app.setNotFoundHandler((req, reply) => {
     if (req.url.length > MAX_URL_LENGTH) return sendError(reply, 414, 'URI_TOO_LONG', `the URL is longer than ${MAX_URL_LENGTH} characters`);
     const path = req.url.split('?')[0] ?? '';
     const allowed = ALLOWED.find(([re]) => re.test(path));
-    if (allowed) {
+    if (allowed && !allowed[1].split(', ').includes(req.method)) {
       reply.header('allow', allowed[1]);
       return sendError(reply, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path}; use ${allowed[1]}`);
     }
@@ -49,7 +78,8 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   });
 
   app.addHook('onRequest', async (req, reply) => {
-    if (!config.apiKey || OPEN_ROUTES.has(req.url)) return;
+    // the matched route, not the raw URL: `/health?x` is open, an unknown path is not
+    if (!config.apiKey || OPEN_ROUTES.has(req.routeOptions.url ?? '')) return;
     if (!bearerMatches(req.headers.authorization, config.apiKey)) {
       reply.header('www-authenticate', 'Bearer');
       return sendError(reply, 401, 'UNAUTHORIZED', 'send Authorization: Bearer <API_KEY>');

@@ -31,8 +31,18 @@ export class MeshSocket {
     ws.on('message', (data, isBinary) => this.receive(data as Buffer, isBinary));
     ws.on('pong', () => (this.lastHeardAt = Date.now()));
     ws.on('ping', () => (this.lastHeardAt = Date.now()));
-    // errors are followed by 'close'; the reconnect logic there is all the handling needed
-    ws.on('error', (err) => opts.log.debug({ err, remote }, 'socket error'));
+    // errors are followed by 'close'; the reconnect logic there is all the handling needed.
+    // WS_ERR_* are frame-level protocol violations by the other side (over maxPayload, invalid
+    // UTF-8 in a text frame, bad opcode...): ws closes with 1002/1007/1009; log them once, like
+    // a malformed message, unless this socket was already closed for one (logged once, not per
+    // frame of a flood). Everything else (resets, refused) is routine and stays at debug.
+    ws.on('error', (err: Error & { code?: unknown }) => {
+      if (typeof err.code === 'string' && err.code.startsWith('WS_ERR_') && !this.closed) {
+        opts.log.warn({ err: { message: err.message, code: err.code }, remote }, 'malformed frame from peer; closing connection');
+      } else {
+        opts.log.debug({ err, remote }, 'socket error');
+      }
+    });
     ws.on('close', (code, reason) => this.finish(code, reason.toString()));
     this.timer = setInterval(() => this.beat(), opts.heartbeatMs);
     this.timer.unref();
