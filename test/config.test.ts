@@ -323,8 +323,12 @@ test('parseDotEnv: comments, blank lines, quotes, CRLF, = in values', () => {
   });
 });
 
-test('parseDotEnv keeps text after a value: comments must be on their own line', () => {
-  assert.equal(parseDotEnv('A=1 # note'), { A: '1 # note' });
+test('parseDotEnv reads trailing comments and export as docker compose does', () => {
+  assert.equal(parseDotEnv('A=1 # note\nexport B=2\nC="x # y"\nD=a#b'), { A: '1', B: '2', C: 'x # y', D: 'a#b' });
+});
+
+test('BODY_LIMIT must fit in MAX_MESSAGE_BYTES, or a full batch could never reach a counter', () => {
+  assert.throws(() => coordinatorConfig({ BODY_LIMIT: String(2 * 1024 * 1024), MAX_MESSAGE_BYTES: String(1024 * 1024) }), /BODY_LIMIT=.*MAX_MESSAGE_BYTES/);
 });
 
 test.run();

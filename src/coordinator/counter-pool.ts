@@ -8,7 +8,7 @@ import dns from 'node:dns/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
-import { formatAddress, type Address } from '../shared/address.ts';
+import { formatAddress, isAddress, type Address } from '../shared/address.ts';
 import type { Item } from '../protocol/messages.ts';
 import { CounterLink, CounterRejectedError, CounterUnavailableError } from './counter-link.ts';
 
@@ -125,7 +125,7 @@ export class CounterPool {
   /** Counters announce the members they know; a counter started later is connected to within a heartbeat. */
   private learnMembers(link: CounterLink): void {
     for (const m of link.status?.members ?? []) {
-      if (![...this.links.values()].some((l) => l.id === m.id)) this.ensure(m.address);
+      if (isAddress(m.address) && ![...this.links.values()].some((l) => l.id === m.id)) this.ensure(m.address);
     }
   }
 

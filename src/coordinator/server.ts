@@ -10,21 +10,13 @@ import { countParams, postItemsBody } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
 import { NoCounterAvailableError, type CounterPool } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
+import { TIMEOUTS } from '../shared/http-timeouts.ts';
+
+export { TIMEOUTS };
 
 /** Routes that answer without API_KEY (load balancers and orchestrators probe them). */
 const OPEN_ROUTES = new Set(['/health', '/ready']);
 const MAX_URL_LENGTH = 8192;
-/** Slow or idle clients cannot pin connections (test/api.test.ts checks the server has them). */
-export const TIMEOUTS = {
-  /** The whole request, headers and body. */
-  requestMs: 30_000,
-  /** The request headers. */
-  headersMs: 10_000,
-  /** A socket with no traffic at all. */
-  idleMs: 60_000,
-  /** An idle keep-alive connection between requests. */
-  keepAliveMs: 5_000,
-} as const;
 /** Which methods each path answers, for 405 + Allow. */
 const ALLOWED: [RegExp, string][] = [
   [/^\/items\/?$/, 'POST'],

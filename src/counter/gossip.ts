@@ -12,7 +12,7 @@ import type { CounterConfig } from '../shared/config.ts';
 import { CloseCode, MessageType, writeAwareness, writeHello, writeSync, type Member, type Message } from '../protocol/messages.ts';
 import { MeshSocket } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
-import { formatAddress } from '../shared/address.ts';
+import { formatAddress, isAddress } from '../shared/address.ts';
 import type { GSet, Origin } from './gset.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
@@ -65,7 +65,7 @@ export class Gossip {
     const out: Member[] = [];
     for (const state of this.awareness.getStates().values()) {
       const s = state as Partial<Member>;
-      if (typeof s.id === 'string' && typeof s.address === 'string') out.push({ id: s.id, address: s.address });
+      if (typeof s.id === 'string' && typeof s.address === 'string' && isAddress(s.address)) out.push({ id: s.id, address: s.address });
     }
     return out;
   }

@@ -3,7 +3,8 @@
  * peers and coordinators connect. Everything but /health needs the cluster secret; an upgrade
  * without it is refused before any state is exchanged.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { TIMEOUTS } from '../shared/http-timeouts.ts';
 import { WebSocketServer } from 'ws';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -20,9 +21,13 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
   const { config } = counter;
   const app: FastifyInstance = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
-    maxParamLength: 4096,
+    logController: new LogController({ disableRequestLogging: true }),
+    routerOptions: { maxParamLength: 4096 },
+    requestTimeout: TIMEOUTS.requestMs,
+    connectionTimeout: TIMEOUTS.idleMs,
+    keepAliveTimeout: TIMEOUTS.keepAliveMs,
   });
+  app.server.headersTimeout = TIMEOUTS.headersMs;
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false });
   const authorized = (header: string | undefined) => !config.clusterSecret || bearerMatches(header, config.clusterSecret);
 
@@ -45,8 +50,8 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const refuse = (code: number, text: string) => {
+      socket.once('finish', () => socket.destroy());
       socket.end(`HTTP/1.1 ${code} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-      socket.destroy();
     };
     if ((req.url ?? '').split('?')[0] !== MESH_PATH) return refuse(404, 'Not Found');
     if (!authorized(req.headers.authorization)) {
@@ -57,7 +62,7 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
       const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
       const sock: MeshSocket = new MeshSocket(ws, remote, {
         heartbeatMs: config.heartbeatMs,
-        log: log.child({ remote }),
+        log,
         onMessage: (msg) => {
           clearTimeout(helloTimer);
           if (msg.type !== MessageType.Hello) throw new Error('first message must be a hello');

@@ -8,6 +8,9 @@ import type { MeshSocket } from '../protocol/mesh-socket.ts';
 import { isValidItem } from './records.ts';
 import type { Item } from '../protocol/messages.ts';
 
+/** Replies queued for a coordinator that does not read them; past this the connection is closed. */
+const MAX_UNREAD_REPLY_BYTES = 16 * 1024 * 1024;
+
 export interface CounterApi {
   readonly id: string;
   readonly address: string;
@@ -47,6 +50,11 @@ export class CoordinatorSessions {
   }
 
   private onMessage(sock: MeshSocket, msg: Message): void {
+    if (sock.buffered > MAX_UNREAD_REPLY_BYTES) {
+      this.log.warn({ remote: sock.remote, buffered: sock.buffered }, 'coordinator does not read its replies; closing');
+      sock.close(CloseCode.ProtocolError, 'replies not read');
+      return;
+    }
     switch (msg.type) {
       case MessageType.Add: {
         const { reqId, items } = msg;

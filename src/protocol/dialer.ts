@@ -63,13 +63,21 @@ export class Dialer {
   private connect(): void {
     if (this.stopped) return;
     const { address, secret, host, maxPayload, log } = this.opts;
-    const ws = new WebSocket(`ws://${address}${MESH_PATH}`, {
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(`ws://${address}${MESH_PATH}`, {
       headers: authHeaders(secret),
       maxPayload,
       localAddress: localAddressFor(host),
       handshakeTimeout: 5000,
       perMessageDeflate: false,
-    });
+      });
+    } catch (err) {
+      // an address that is no URL authority can never work: stop instead of throwing from a timer
+      log.warn({ address, err: { message: (err as Error).message } }, 'cannot dial this address; giving up on it');
+      this.stopped = true;
+      return;
+    }
     this.ws = ws;
     ws.on('open', () => {
       this.attempt = 0;

@@ -11,6 +11,16 @@ export function parseAddress(text: string): Address {
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
+/** True for a usable `host:port` (members announce theirs; a peer may lie). */
+export function isAddress(text: string): boolean {
+  try {
+    parseAddress(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function parseAddressList(text: string): Address[] {
   return text
     .split(',')

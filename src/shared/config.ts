@@ -183,6 +183,12 @@ export function counterConfig(env: Env): Readonly<CounterConfig> {
   });
 }
 
+/**
+ * An Add frame is never larger than the JSON body it came from (each character costs at least as
+ * many bytes in JSON as in UTF-8, and lengths are shorter than the JSON punctuation), plus a header.
+ */
+const FRAME_HEADROOM_BYTES = 1024;
+
 export interface CoordinatorConfig extends CommonConfig {
   port: number;
   counters: Address[];
@@ -196,12 +202,19 @@ export interface CoordinatorConfig extends CommonConfig {
 export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
   const r = new Reader(env);
   const c = common(r);
+  const bodyLimit = r.int('BODY_LIMIT', 1024, 1024 * 1024 * 1024);
+  if (bodyLimit + FRAME_HEADROOM_BYTES > c.maxMessageBytes) {
+    throw new ConfigError(
+      `BODY_LIMIT=${bodyLimit} does not fit in MAX_MESSAGE_BYTES=${c.maxMessageBytes}: a full batch could not be sent to a counter. ` +
+        `Keep BODY_LIMIT at most MAX_MESSAGE_BYTES - ${FRAME_HEADROOM_BYTES} (and the same MAX_MESSAGE_BYTES on every process).`,
+    );
+  }
   return Object.freeze({
     ...c,
     port: r.port('HTTP_PORT'),
     counters: r.addresses('COUNTERS', false),
     apiKey: r.str('API_KEY'),
-    bodyLimit: r.int('BODY_LIMIT', 1024, 1024 * 1024 * 1024),
+    bodyLimit,
     maxBatch: r.int('MAX_BATCH', 1, 1_000_000),
     counterTimeoutMs: r.int('COUNTER_TIMEOUT_MS', 50, 600_000),
     dnsRefreshMs: r.int('DNS_REFRESH_MS', 100, 3_600_000),

@@ -1,0 +1,65 @@
+/** `counter-mesh bench --smoke`: every figure is produced, as finite positive numbers, under the documented keys. */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const TIMEOUT_MS = 90_000;
+
+const SHAPE: Record<string, string[]> = {
+  post_single: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  post_batch: ['items_per_s', 'batch', 'replicated_ms'],
+  get_count: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  memory: ['items', 'tenants', 'rss_bytes_per_item', 'heap_bytes_per_item'],
+  restart: ['items', 'ms'],
+  catch_up: ['items', 'ms'],
+  partition_heal: ['items_per_side', 'ms'],
+  machine: ['cpus', 'node', 'date'],
+};
+
+function runCli(args: string[]): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    proc.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const timer = setTimeout(() => proc.kill('SIGINT'), TIMEOUT_MS);
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output });
+    });
+  });
+}
+
+test('bench --smoke writes every figure as finite positive numbers', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-bench-test-'));
+  const out = path.join(dir, 'bench.json');
+  try {
+    const { code, output } = await runCli(['bench', '--smoke', '--out', out]);
+    assert.is(code, 0, `bench exited with ${code}:\n${output.slice(-3000)}`);
+    const figures = JSON.parse(fs.readFileSync(out, 'utf8')) as Record<string, Record<string, unknown>>;
+    assert.equal(Object.keys(figures).sort(), Object.keys(SHAPE).sort(), 'top-level keys');
+    for (const [group, fields] of Object.entries(SHAPE)) {
+      assert.equal(Object.keys(figures[group]!).sort(), [...fields].sort(), `keys of ${group}`);
+      if (group === 'machine') continue;
+      for (const f of fields) {
+        const v = figures[group]![f];
+        assert.ok(typeof v === 'number' && Number.isFinite(v) && v > 0, `${group}.${f} is a finite positive number (got ${String(v)})`);
+      }
+    }
+    assert.ok(typeof figures.machine!.cpus === 'number' && figures.machine!.cpus > 0, 'machine.cpus');
+    assert.match(String(figures.machine!.node), /^v\d+\./);
+    assert.ok(!Number.isNaN(Date.parse(String(figures.machine!.date))), 'machine.date is a date');
+    assert.is(figures.post_batch!.batch, 1000);
+    assert.is(figures.memory!.tenants, 1000);
+    assert.match(output, /post_single\.ratio/, 'the table is printed');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.run();
