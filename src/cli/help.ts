@@ -1,4 +1,4 @@
-/** Usage texts; settings are environment variables (or `.env`), and `--some-setting value` flags override them. */
+/** Usage texts (chaos and bench print their own); settings are environment variables (or `.env`), and `--some-setting value` flags override them. */
 export const HELP = `counter-mesh — per-tenant item counting on a mesh of Yjs G-Set counters
 
 Usage: counter-mesh <command> [--setting value ...]
@@ -33,21 +33,6 @@ COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, HEARTBEAT_MS, RECONNECT_MAX_MS, LOG_LEVEL.
 
 Settings: COUNTER_PORT, HOST, COUNTER_ID, PEERS, DATA_DIR, ADVERTISE_ADDRESS, CLUSTER_SECRET,
 HEARTBEAT_MS, ANTI_ENTROPY_MS, COMPACT_BYTES, MAX_MESSAGE_BYTES, RECONNECT_MAX_MS, LOG_LEVEL.
-`,
-  chaos: `Usage: counter-mesh chaos [--counters 3] [--duration 60] [--seed 1] [--rate 200|max] [--clients 8] [--json]
-
-Starts its own mesh (fresh temporary data folders, its own loopback addresses and ports, a TCP
-fault proxy in front of every counter), writes unique items through the coordinator while it
-SIGKILLs and restarts counters and cuts links (reset and blackhole), then heals everything and
-waits until all counters agree. Prints a report; exits non-zero on any lost or phantom item
-or any disagreement.
-`,
-  bench: `Usage: counter-mesh bench [--quick] [--smoke] [--out bench.json] [--items N]
-
-Starts a mesh (coordinator + 3 counters, durable acknowledgments) and a minimal fastify ceiling
-server, drives both with autocannon and prints a table; --out writes the figures as JSON.
---quick uses 100,000 items for the memory, restart and catch-up figures (default 1,000,000);
---smoke is a few-second run used by the tests.
 `,
 };
 

@@ -39,6 +39,8 @@ function hash32(s: string): number {
 
 export class CounterPool {
   private readonly links = new Map<string, CounterLink>();
+  /** Links made from members' announcements rather than from COUNTERS. */
+  private readonly learned = new Set<CounterLink>();
   private readonly refresh: NodeJS.Timeout;
 
   constructor(private readonly config: Readonly<CoordinatorConfig>, private readonly log: Logger) {
@@ -116,16 +118,37 @@ export class CounterPool {
     for (const l of this.links.values()) l.close();
   }
 
-  private ensure(address: string): void {
+  private ensure(address: string, learned = false): void {
     if (this.links.has(address)) return;
-    this.log.info({ address }, 'new counter');
-    this.links.set(address, new CounterLink(address, this.config, this.log.child({ counter: address }), (link) => this.learnMembers(link)));
+    this.log.info({ address, learned }, 'new counter');
+    const link = new CounterLink(address, this.config, this.log.child({ counter: address }), (l) => this.onStatus(l));
+    if (learned) this.learned.add(link);
+    this.links.set(address, link);
   }
 
-  /** Counters announce the members they know; a counter started later is connected to within a heartbeat. */
-  private learnMembers(link: CounterLink): void {
+  private onStatus(link: CounterLink): void {
+    this.dropDuplicate(link);
+    // counters announce the members they know; a counter started later is connected to within a heartbeat
     for (const m of link.status?.members ?? []) {
-      if (isAddress(m.address) && ![...this.links.values()].some((l) => l.id === m.id)) this.ensure(m.address);
+      if (isAddress(m.address) && ![...this.links.values()].some((l) => l.id === m.id)) this.ensure(m.address, true);
+    }
+  }
+
+  /**
+   * A counter announced under its own name (counter-1:9001) may already be linked through an
+   * address COUNTERS resolved to (10.0.0.5:9001): once both report the same id, keep one link.
+   */
+  private dropDuplicate(link: CounterLink): void {
+    if (!link.status) return;
+    for (const other of this.links.values()) {
+      if (other === link || other.status?.id !== link.status.id) continue;
+      const drop = this.learned.has(link) ? link : this.learned.has(other) ? other : null;
+      if (!drop) continue;
+      this.log.info({ counter: drop.id, address: drop.address }, 'second address of a known counter; closing that link');
+      drop.close();
+      this.links.delete(drop.address);
+      this.learned.delete(drop);
+      return;
     }
   }
 
