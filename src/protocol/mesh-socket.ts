@@ -23,6 +23,7 @@ export class MeshSocket {
   closeHandler: (sock: MeshSocket, code: number, reason: string) => void;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  private corked = false;
 
   constructor(readonly ws: WebSocket, readonly remote: string, private readonly opts: MeshSocketOptions) {
     this.handler = opts.onMessage;
@@ -58,7 +59,20 @@ export class MeshSocket {
   }
 
   send(frame: Uint8Array): void {
-    if (this.open) this.ws.send(frame);
+    if (!this.open) return;
+    if (!this.corked) {
+      // frames sent during one event-loop turn (many replies, many requests) leave in one syscall
+      const raw = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+      if (raw) {
+        this.corked = true;
+        raw.cork();
+        setImmediate(() => {
+          this.corked = false;
+          raw.uncork();
+        });
+      }
+    }
+    this.ws.send(frame);
   }
 
   /** Bytes queued in the socket but not yet sent: lets senders back off a slow peer. */
