@@ -1,0 +1,859 @@
+/**
+ * `counter-mesh bench`: measures the product against a do-nothing fastify ceiling.
+ *
+ * One run starts, on loopback, a mesh (coordinator + 3 counters, product default settings,
+ * acknowledgments after fsync) and a ceiling server in a child process, drives both with
+ * autocannon (every request carries fresh item ids), then measures memory, restart, catch-up and
+ * partition healing on counters of its own. Prints a table with the targets and, with --out,
+ * writes the figures as JSON (keys: post_single, post_batch, get_count, memory, restart, catch_up,
+ * partition_heal, machine).
+ *
+ * Sizes: --smoke (about 20 s, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
+ * 100,000 items), default full run (about 3-5 minutes, 1,000,000 items). Throughput figures are
+ * medians of alternating mesh/ceiling rounds, so a noisy neighbour hits both sides alike.
+ */
+import autocannon from 'autocannon';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Mesh, freePort } from '../lib/mesh.ts';
+import { waitFor } from '../../src/shared/wait.ts';
+import { SETTINGS } from '../../src/shared/config.ts';
+import type { Item } from '../../src/protocol/messages.ts';
+import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitSettled } from './procs.ts';
+import { CounterClient, loadBatches } from './loader.ts';
+import { formatProfile, summarizeProfile } from './profile.ts';
+
+const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
+
+const USAGE = `Usage: counter-mesh bench [--smoke | --quick] [--out FILE] [options]
+
+  --smoke              every figure for a few seconds at tiny sizes (no thresholds; used by the tests)
+  --quick              about 1-2 minutes: 3 rounds of 3 s, 100,000 items for memory/restart/catch_up
+  (default)            full run, about 3-5 minutes: 5 rounds of 5 s, 1,000,000 items
+  --out FILE           also write the figures as JSON
+  --items N            items for memory, restart and catch_up
+  --per-side N         items written on each side of the partition (default 10,000)
+  --rounds N           throughput rounds (the median is reported)
+  --seconds S          length of one throughput round
+  --batch-connections N  connections for the 1,000-item POSTs (default 10)
+  --mesh direct|proxied|compare  direct (default): processes talk to each other straight; proxied:
+                       every connection to a counter goes through its FaultProxy (examples/lib/mesh.ts);
+                       compare: both meshes at once, alternating rounds, throughput only (no JSON)
+  --only LIST          run only these figures, e.g. --only post_single,get_count
+  --profile DIR        instead of the figures: run the mesh under node --cpu-prof (coordinator and
+                       counters), drive --profile-route (post_single|post_batch|get_count) for
+                       --seconds (default 20), stop the processes and print the top self time
+  --node-arg ARG       extra Node flag for the direct mesh's processes (repeatable), e.g. to try a
+                       preloaded patch: --node-arg --import=./patch.mjs
+  --check              exit 1 when a target is missed
+`;
+
+type Mode = 'smoke' | 'quick' | 'full';
+type Figure = 'post_single' | 'post_batch' | 'get_count' | 'partition_heal' | 'memory';
+const FIGURES: Figure[] = ['post_single', 'post_batch', 'get_count', 'partition_heal', 'memory'];
+
+interface Options {
+  mode: Mode;
+  out: string | null;
+  items: number;
+  perSide: number;
+  rounds: number;
+  roundS: number;
+  warmupS: number;
+  connections: number;
+  batchConnections: number;
+  batch: number;
+  mesh: 'direct' | 'proxied' | 'compare';
+  only: Set<Figure>;
+  profileDir: string | null;
+  profileRoute: 'post_single' | 'post_batch' | 'get_count';
+  partitionHoldMs: number;
+  check: boolean;
+  nodeArgs: string[];
+}
+
+export interface Figures {
+  post_single: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  post_batch: { items_per_s: number; batch: number; replicated_ms: number };
+  get_count: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  memory: { items: number; tenants: number; rss_bytes_per_item: number; heap_bytes_per_item: number | null };
+  restart: { items: number; ms: number };
+  catch_up: { items: number; ms: number };
+  partition_heal: { items_per_side: number; ms: number };
+  machine: { cpus: number; node: string; date: string };
+}
+
+class UsageError extends Error {}
+
+function parseArgs(argv: string[]): Options | null {
+  const mode: Mode = argv.includes('--smoke') ? 'smoke' : argv.includes('--quick') ? 'quick' : 'full';
+  const o: Options = {
+    mode,
+    out: null,
+    items: { smoke: 20_000, quick: 100_000, full: 1_000_000 }[mode],
+    perSide: mode === 'smoke' ? 2_000 : 10_000,
+    rounds: { smoke: 1, quick: 3, full: 5 }[mode],
+    roundS: { smoke: 1, quick: 3, full: 5 }[mode],
+    warmupS: { smoke: 0.3, quick: 1, full: 2 }[mode],
+    connections: 50,
+    batchConnections: 10,
+    batch: 1000,
+    mesh: 'direct',
+    only: new Set(FIGURES),
+    profileDir: null,
+    profileRoute: 'post_single',
+    partitionHoldMs: mode === 'smoke' ? 500 : 3000,
+    check: false,
+    nodeArgs: [],
+  };
+  let secondsGiven = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined || v.startsWith('--')) throw new UsageError(`${a} needs a value`);
+      return v;
+    };
+    const int = (min: number): number => {
+      const v = Number(value().replace(/[_,]/g, ''));
+      if (!Number.isSafeInteger(v) || v < min) throw new UsageError(`${a} needs a whole number >= ${min}`);
+      return v;
+    };
+    switch (a) {
+      case '--smoke':
+      case '--quick':
+        break;
+      case '--help':
+      case '-h':
+        return null;
+      case '--out':
+        o.out = value();
+        break;
+      case '--items':
+        o.items = int(1000);
+        break;
+      case '--per-side':
+        o.perSide = int(1);
+        break;
+      case '--rounds':
+        o.rounds = int(1);
+        break;
+      case '--seconds': {
+        const v = Number(value());
+        if (!(v > 0)) throw new UsageError('--seconds needs a positive number');
+        o.roundS = v;
+        secondsGiven = true;
+        break;
+      }
+      case '--batch-connections':
+        o.batchConnections = int(1);
+        break;
+      case '--mesh': {
+        const v = value();
+        if (v !== 'direct' && v !== 'proxied' && v !== 'compare') throw new UsageError('--mesh is direct, proxied or compare');
+        o.mesh = v;
+        break;
+      }
+      case '--only': {
+        const list = value().split(',').map((s) => s.trim());
+        for (const f of list) if (!FIGURES.includes(f as Figure)) throw new UsageError(`--only: unknown figure ${f} (${FIGURES.join(', ')})`);
+        o.only = new Set(list as Figure[]);
+        break;
+      }
+      case '--profile':
+        o.profileDir = path.resolve(value());
+        break;
+      case '--profile-route': {
+        const v = value();
+        if (v !== 'post_single' && v !== 'post_batch' && v !== 'get_count') throw new UsageError('--profile-route is post_single, post_batch or get_count');
+        o.profileRoute = v;
+        break;
+      }
+      case '--check':
+        o.check = true;
+        break;
+      case '--node-arg': {
+        const v = argv[++i];
+        if (v === undefined) throw new UsageError('--node-arg needs a value');
+        o.nodeArgs.push(v);
+        break;
+      }
+      default:
+        throw new UsageError(`unknown option ${a}`);
+    }
+  }
+  if (o.profileDir && !secondsGiven) o.roundS = 20;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// items
+
+const TENANTS = 1000;
+const TENANT_NAMES = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(4, '0')}`);
+/** 5 random hex chars + 11 base-36 digits: 16-char ids, unique within and across runs. */
+const RUN_PREFIX = randomBytes(3).toString('hex').slice(0, 5);
+let idSeq = 0;
+
+function nextId(): string {
+  return RUN_PREFIX + (idSeq++).toString(36).padStart(11, '0');
+}
+
+function randomTenant(): string {
+  return TENANT_NAMES[Math.floor(Math.random() * TENANTS)]!;
+}
+
+/** `n` fresh items in batches, tenants round robin (item k goes to tenant k % 1000). */
+function* fill(n: number, batch: number): Generator<Item[]> {
+  for (let k = 0; k < n; k += batch) {
+    const size = Math.min(batch, n - k);
+    const items: Item[] = new Array(size);
+    for (let j = 0; j < size; j++) items[j] = { tenant: TENANT_NAMES[(k + j) % TENANTS]!, id: nextId() };
+    yield items;
+  }
+}
+
+/** How many of `n` round-robin items went to tenant number `t`. */
+function roundRobinCount(n: number, t: number): number {
+  return t < n ? Math.floor((n - 1 - t) / TENANTS) + 1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// load
+
+interface Round {
+  rps: number;
+  p50: number;
+  p99: number;
+  ok: number;
+  non2xx: number;
+  errors: number;
+  /** performance.now() of the last 2xx (only when tracked). */
+  lastOkAt: number;
+  /** CPU the driver (this process: autocannon) used, in cores. */
+  driverCores: number;
+}
+
+function postSingleRequest(): autocannon.Request {
+  return {
+    method: 'POST',
+    path: '/items',
+    headers: { 'content-type': 'application/json' },
+    setupRequest: (req) => ({ ...req, body: JSON.stringify({ id: nextId(), tenant: randomTenant() }) }),
+  };
+}
+
+function postBatchRequest(batch: number): autocannon.Request {
+  return {
+    method: 'POST',
+    path: '/items',
+    headers: { 'content-type': 'application/json' },
+    setupRequest: (req) => {
+      const items: Item[] = new Array(batch);
+      for (let j = 0; j < batch; j++) items[j] = { id: nextId(), tenant: randomTenant() };
+      return { ...req, body: JSON.stringify(items) };
+    },
+  };
+}
+
+function getCountRequest(): autocannon.Request {
+  return { method: 'GET', setupRequest: (req) => ({ ...req, path: `/items/${randomTenant()}/count` }) };
+}
+
+async function drive(url: string, connections: number, seconds: number, request: autocannon.Request, track = false): Promise<Round> {
+  let lastOkAt = 0;
+  const req: autocannon.Request = track
+    ? {
+        ...request,
+        onResponse: (status: number) => {
+          if (status >= 200 && status < 300) lastOkAt = performance.now();
+        },
+      }
+    : request;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const r = await autocannon({ url, connections, duration: seconds, requests: [req], timeout: 10 });
+  const cpu = process.cpuUsage(cpu0);
+  const driverCores = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
+  return { rps: r['2xx'] / r.duration, p50: r.latency.p50, p99: r.latency.p99, ok: r['2xx'], non2xx: r.non2xx, errors: r.errors, lastOkAt, driverCores };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// meshes
+
+/** What the figures need of a running mesh. */
+interface MeshHandle {
+  url: string;
+  counters: CounterEndpoint[];
+  /** Coordinator first, then counters. */
+  procs: { name: string; pid: () => number; startedAt: () => number; stop: (signal: NodeJS.Signals) => Promise<void> }[];
+  /** Compactions the counters logged ("compacted log into snapshot"), as [counter, ms]; direct mesh only. */
+  compactions: () => [string, number][];
+  close(): Promise<void>;
+}
+
+/** Product defaults for timing settings (examples/lib/mesh.ts shortens them for tests). */
+function productEnv(): Record<string, string> {
+  return {
+    LOG_LEVEL: SETTINGS.LOG_LEVEL,
+    HEARTBEAT_MS: SETTINGS.HEARTBEAT_MS,
+    ANTI_ENTROPY_MS: SETTINGS.ANTI_ENTROPY_MS,
+    RECONNECT_MAX_MS: SETTINGS.RECONNECT_MAX_MS,
+    COUNTER_TIMEOUT_MS: SETTINGS.COUNTER_TIMEOUT_MS,
+  };
+}
+
+/** Every counter sees all `n` members and the coordinator sees all counters ready. */
+async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000): Promise<void> {
+  for (const c of counters) await waitFor(() => c.ready(), timeoutMs, `${c.address} ready`);
+  for (const c of counters) {
+    await waitFor(async () => (await c.status()).members.length >= counters.length, timeoutMs, `${c.address} to see ${counters.length} members`);
+  }
+  await waitFor(async () => {
+    const res = await fetch(`${url}/counters`);
+    const list = (await res.json()) as { ready: boolean }[];
+    return list.filter((x) => x.ready).length >= counters.length;
+  }, timeoutMs, 'the coordinator to see every counter ready');
+}
+
+/**
+ * Coordinator and counters talking to each other directly (no proxies): counter i on
+ * 127.0.0.(10+i), the coordinator on 127.0.0.2, PEERS/COUNTERS set to the real addresses.
+ */
+async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => []): Promise<MeshHandle> {
+  const base = { ...productEnv(), CLUSTER_SECRET: secret };
+  const nodes: { proc: NodeProc; ep: CounterEndpoint }[] = [];
+  for (let i = 0; i < n; i++) {
+    const host = `127.0.0.${10 + i}`;
+    const port = await freePort(host);
+    const proc = new NodeProc(`c${i}`, 'counter', {}, nodeArgs(`c${i}`));
+    proc.watch = /compacted log into snapshot/;
+    nodes.push({ proc, ep: new CounterEndpoint(host, port, secret) });
+  }
+  for (const [i, { proc, ep }] of nodes.entries()) {
+    proc.env = {
+      ...base,
+      HOST: ep.host,
+      COUNTER_PORT: String(ep.port),
+      COUNTER_ID: `c${i}`,
+      DATA_DIR: path.join(root, `c${i}`),
+      PEERS: nodes.filter((_, j) => j !== i).map((o) => o.ep.address).join(','),
+    };
+  }
+  const coordHost = '127.0.0.2';
+  const coordPort = await freePort(coordHost);
+  const coordinator = new NodeProc('coordinator', 'coordinator', {
+    ...base,
+    HOST: coordHost,
+    HTTP_PORT: String(coordPort),
+    COUNTERS: nodes.map((x) => x.ep.address).join(','),
+  }, nodeArgs('coordinator'));
+  const all = [coordinator, ...nodes.map((x) => x.proc)];
+  const handle: MeshHandle = {
+    url: `http://${coordHost}:${coordPort}`,
+    counters: nodes.map((x) => x.ep),
+    procs: all.map((p) => ({ name: p.name, pid: () => p.pid, startedAt: () => p.startedAt, stop: (s) => p.kill(s) })),
+    compactions: () =>
+      nodes.flatMap(({ proc }) =>
+        proc.watched.map((line): [string, number] => {
+          try {
+            return [proc.name, Number((JSON.parse(line) as { ms?: number }).ms)];
+          } catch {
+            return [proc.name, NaN];
+          }
+        }),
+      ),
+    close: async () => {
+      await Promise.all(all.map((p) => p.kill('SIGKILL')));
+    },
+  };
+  try {
+    for (const x of nodes) x.proc.start();
+    coordinator.start();
+    await waitFor(async () => (await fetch(`${handle.url}/health`)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
+    await waitMeshFormed(handle.url, handle.counters);
+    return handle;
+  } catch (err) {
+    await handle.close();
+    throw new Error(`${(err as Error).message}\n${all.map((p) => `--- ${p.name}\n${p.tail(10)}`).join('\n')}`);
+  }
+}
+
+/** The test-harness mesh: every connection to a counter goes through that counter's FaultProxy. */
+async function startProxiedMesh(n: number): Promise<{ handle: MeshHandle; mesh: Mesh }> {
+  const mesh = await Mesh.start({ counters: n, env: productEnv(), logLevel: 'warn' });
+  const counters = mesh.counters.map((c) => new CounterEndpoint(c.host, c.port, mesh.secret));
+  const procs = [mesh.coordinators[0]!.process, ...mesh.counters.map((c) => c.process)];
+  const handle: MeshHandle = {
+    url: mesh.url(''),
+    counters,
+    procs: procs.map((p) => ({
+      name: p.name,
+      pid: () => {
+        const pid = p.proc?.pid;
+        if (pid === undefined) throw new Error(`${p.name} is not running`);
+        return pid;
+      },
+      startedAt: () => NaN,
+      stop: (s) => p.kill(s),
+    })),
+    compactions: () => [],
+    close: () => mesh.close(),
+  };
+  try {
+    await waitMeshFormed(handle.url, counters);
+  } catch (err) {
+    await mesh.close();
+    throw err;
+  }
+  return { handle, mesh };
+}
+
+// ---------------------------------------------------------------------------------------------
+// figures
+
+type Say = (line: string) => void;
+
+interface Paired {
+  mesh: { rps: number; p50: number; p99: number };
+  ceiling: { rps: number };
+  rounds: Round[];
+}
+
+/** Alternates ceiling and mesh rounds (order flipped every round); medians of each. */
+async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: () => autocannon.Request, say: Say, what: string): Promise<Paired> {
+  await drive(ceilingUrl, o.connections, o.warmupS, request());
+  await drive(meshUrl, o.connections, o.warmupS, request());
+  const mesh: Round[] = [];
+  const ceiling: Round[] = [];
+  for (let r = 0; r < o.rounds; r++) {
+    const order: ['mesh' | 'ceiling', string][] = r % 2 === 0 ? [['ceiling', ceilingUrl], ['mesh', meshUrl]] : [['mesh', meshUrl], ['ceiling', ceilingUrl]];
+    for (const [which, url] of order) {
+      const res = await drive(url, o.connections, o.roundS, request());
+      (which === 'mesh' ? mesh : ceiling).push(res);
+      say(`  ${what} round ${r + 1} ${which.padEnd(7)} ${fmtInt(res.rps)} req/s  p50 ${res.p50} ms  p99 ${res.p99} ms  driver ${res.driverCores.toFixed(2)} cores${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
+    }
+  }
+  return {
+    mesh: { rps: median(mesh.map((x) => x.rps)), p50: median(mesh.map((x) => x.p50)), p99: median(mesh.map((x) => x.p99)) },
+    ceiling: { rps: median(ceiling.map((x) => x.rps)) },
+    rounds: mesh,
+  };
+}
+
+async function postBatch(o: Options, mesh: MeshHandle, say: Say, notes: string[]): Promise<Figures['post_batch']> {
+  await drive(mesh.url, o.batchConnections, o.warmupS, postBatchRequest(o.batch));
+  let base = await waitSettled(mesh.counters, 120_000);
+  const rates: number[] = [];
+  const replicated: number[] = [];
+  for (let r = 0; r < o.rounds; r++) {
+    const res = await drive(mesh.url, o.batchConnections, o.roundS, postBatchRequest(o.batch), true);
+    const expected = base + res.ok * o.batch;
+    const allHold = await waitAllHold(mesh.counters, expected, 120_000, 5);
+    const repl = Math.max(0, allHold - res.lastOkAt);
+    rates.push(res.rps * o.batch);
+    replicated.push(repl);
+    say(`  post_batch round ${r + 1}: ${fmtInt(res.rps * o.batch)} items/s (${res.rps.toFixed(1)} req/s, p50 ${res.p50} ms, p99 ${res.p99} ms), all counters hold everything ${fmtInt(repl)} ms after the last ack${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
+    base = await waitSettled(mesh.counters, 120_000);
+  }
+  notes.push(`post_batch per round: ${rates.map(fmtInt).join(' / ')} items/s; replicated ${replicated.map(fmtInt).join(' / ')} ms (max ${fmtInt(Math.max(...replicated))} ms)`);
+  return { items_per_s: Math.round(median(rates)), batch: o.batch, replicated_ms: round1(median(replicated)) };
+}
+
+async function partitionHeal(o: Options, say: Say, notes: string[]): Promise<Figures['partition_heal']> {
+  const { handle, mesh } = await startProxiedMesh(3);
+  try {
+    const [c0, c1, c2] = handle.counters as [CounterEndpoint, CounterEndpoint, CounterEndpoint];
+    const base = await waitSettled(handle.counters, 30_000);
+    mesh.partition([mesh.counters[0]!], [mesh.counters[1]!, mesh.counters[2]!], 'reset');
+    const cutAt = performance.now();
+    const [a, b] = await Promise.all([CounterClient.connect(c0.address, mesh.secret), CounterClient.connect(c1.address, mesh.secret)]);
+    try {
+      await Promise.all([loadBatches(a, fill(o.perSide, 1000), 4), loadBatches(b, fill(o.perSide, 1000), 4)]);
+    } finally {
+      a.close();
+      b.close();
+    }
+    await waitAllHold([c0, c1, c2], base + o.perSide, 60_000);
+    const held = performance.now() - cutAt;
+    if (held < o.partitionHoldMs) await sleep(o.partitionHoldMs - held);
+    const [n0, n1, n2] = await Promise.all([c0, c1, c2].map(async (c) => (await c.status()).items));
+    if (n0 !== base + o.perSide || n1 !== base + o.perSide || n2 !== base + o.perSide) {
+      throw new Error(`the partition leaked: counters hold ${n0}, ${n1}, ${n2}, expected ${base + o.perSide} each`);
+    }
+    const healAt = performance.now();
+    mesh.heal();
+    const agreeAt = await waitAllHold(handle.counters, base + 2 * o.perSide, 60_000, 5);
+    const ms = Math.round(agreeAt - healAt);
+    say(`  partition_heal: ${fmtInt(o.perSide)} items per side, partition held ${fmtInt(healAt - cutAt)} ms; all counters agree ${fmtInt(ms)} ms after heal`);
+    notes.push(`partition_heal: proxied mesh (FaultProxy 'reset' cut c0 | c1,c2 held ${(o.partitionHoldMs / 1000).toFixed(1)} s+), product timing defaults (RECONNECT_MAX_MS=${SETTINGS.RECONNECT_MAX_MS}, ANTI_ENTROPY_MS=${SETTINGS.ANTI_ENTROPY_MS})`);
+    return { items_per_side: o.perSide, ms };
+  } finally {
+    await handle.close();
+  }
+}
+
+interface StateFigures {
+  memory: Figures['memory'];
+  restart: Figures['restart'];
+  catch_up: Figures['catch_up'];
+}
+
+/** Memory, restart and catch-up, on counters of their own (127.0.0.30+), nothing else running. */
+async function stateFigures(o: Options, root: string, secret: string, say: Say, notes: string[]): Promise<StateFigures> {
+  const n = o.items;
+  const started: NodeProc[] = [];
+  const counter = async (name: string, i: number, peers: CounterEndpoint[], nodeArgs: string[] = []) => {
+    const host = `127.0.0.${30 + i}`;
+    const ep = new CounterEndpoint(host, await freePort(host), secret);
+    const proc = new NodeProc(name, 'counter', {
+      ...productEnv(),
+      CLUSTER_SECRET: secret,
+      HOST: host,
+      COUNTER_PORT: String(ep.port),
+      COUNTER_ID: name,
+      DATA_DIR: path.join(root, name),
+      PEERS: peers.map((p) => p.address).join(','),
+    }, nodeArgs);
+    started.push(proc);
+    return { proc, ep };
+  };
+  const holdsAll = async (ep: CounterEndpoint) => {
+    const s = await ep.status();
+    return s.items === n && (await ep.count(TENANT_NAMES[0]!)) === roundRobinCount(n, 0);
+  };
+  const spawnUntil = async (proc: NodeProc, ep: CounterEndpoint, what: string): Promise<number> => {
+    proc.start();
+    const t0 = proc.startedAt;
+    await waitFor(() => holdsAll(ep), 300_000, `${proc.name} to ${what}\n${proc.tail()}`, 10);
+    return performance.now() - t0;
+  };
+  try {
+    // memory: the same process empty, then holding n items; full GC through the inspector before each reading
+    const a = await counter('m0', 0, [], [`--inspect=127.0.0.30:0`]);
+    a.proc.start();
+    await waitFor(() => a.ep.ready(), 30_000, `m0 ready\n${a.proc.tail()}`, 10);
+    const emptyStartMs = performance.now() - a.proc.startedAt;
+    const insp = await Inspector.attach(a.proc);
+    let heap: number;
+    let rssPerItem: number;
+    let loadMs: number;
+    try {
+      await sleep(200);
+      await insp.gc();
+      const rss0 = rssBytes(a.proc.pid);
+      const mu0 = await insp.memoryUsage();
+      const client = await CounterClient.connect(a.ep.address, secret);
+      const t0 = performance.now();
+      try {
+        await loadBatches(client, fill(n, 1000), 16);
+      } finally {
+        client.close();
+      }
+      loadMs = performance.now() - t0;
+      await waitFor(() => holdsAll(a.ep), 30_000, 'm0 to hold every item');
+      await sleep(200);
+      await insp.gc();
+      const rss1 = rssBytes(a.proc.pid);
+      const mu1 = await insp.memoryUsage();
+      rssPerItem = (rss1 - rss0) / n;
+      heap = (mu1.heapUsed + mu1.external - (mu0.heapUsed + mu0.external)) / n;
+      const per = (x: number) => (x / n).toFixed(1);
+      notes.push(
+        `memory: RSS ${mb(rss0)} empty -> ${mb(rss1)} with ${fmtInt(n)} items; per item: heapUsed ${per(mu1.heapUsed - mu0.heapUsed)} B, ` +
+          `ArrayBuffers ${per(mu1.arrayBuffers - mu0.arrayBuffers)} B, other external ${per(mu1.external - mu1.arrayBuffers - (mu0.external - mu0.arrayBuffers))} B ` +
+          `(heap_bytes_per_item = heapUsed + external, read with the V8 inspector after a full GC)`,
+      );
+      notes.push(`load: ${fmtInt(n)} items into one counter over its WebSocket in ${fmtInt(loadMs)} ms (${fmtInt((n / loadMs) * 1000)} items/s, batches of 1,000, 16 in flight)`);
+    } finally {
+      insp.close();
+    }
+    say(`  memory: ${rssPerItem.toFixed(1)} B RSS / item, ${heap.toFixed(1)} B heap / item at ${fmtInt(n)} items (loaded in ${fmtInt(loadMs)} ms)`);
+    const disk = dirBytes(path.join(root, 'm0'));
+    notes.push(`disk: ${mb(disk)} in m0's data folder (${(disk / n).toFixed(1)} B / item)`);
+
+    // restart: graceful stop, then from spawn to answering the right counts
+    await a.proc.kill('SIGTERM');
+    a.proc.nodeArgs = [];
+    const restartMs = await spawnUntil(a.proc, a.ep, `count ${n} items after restart`);
+    say(`  restart: ${fmtInt(restartMs)} ms from spawn to the right count (an empty counter takes ${fmtInt(emptyStartMs)} ms to be ready)`);
+
+    // catch-up: from one peer, then a third counter joining two peers that hold everything
+    const b = await counter('m1', 1, [a.ep]);
+    const onePeerMs = await spawnUntil(b.proc, b.ep, `catch up with ${n} items from one peer`);
+    const c = await counter('m2', 2, [a.ep, b.ep]);
+    const twoPeersMs = await spawnUntil(c.proc, c.ep, `catch up with ${n} items from two peers`);
+    say(`  catch_up: ${fmtInt(twoPeersMs)} ms from spawn joining two peers (${fmtInt(onePeerMs)} ms joining one)`);
+    notes.push(`catch_up: from spawn of an empty counter until it counts every item, joining two peers that hold them all (one peer: ${fmtInt(onePeerMs)} ms); restart/catch_up include process start (~${fmtInt(emptyStartMs)} ms for an empty counter)`);
+    return {
+      memory: { items: n, tenants: TENANTS, rss_bytes_per_item: round1(rssPerItem), heap_bytes_per_item: round1(heap) },
+      restart: { items: n, ms: Math.round(restartMs) },
+      catch_up: { items: n, ms: Math.round(twoPeersMs) },
+    };
+  } finally {
+    await Promise.all(started.map((p) => p.kill('SIGKILL')));
+  }
+}
+
+function dirBytes(dir: string): number {
+  let total = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const st = fs.statSync(path.join(dir, name));
+    if (st.isFile()) total += st.size;
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// report
+
+function fmtInt(x: number): string {
+  return Math.round(x).toLocaleString('en-US');
+}
+
+function round1(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+interface Target {
+  key: string;
+  op: '>=' | '<=';
+  value: number;
+  /** Items the target is defined at (memory/restart/catch_up); the mark gets a * when measured elsewhere. */
+  atItems?: number;
+}
+
+const TARGETS: Target[] = [
+  { key: 'post_single.ratio', op: '>=', value: 0.4 },
+  { key: 'post_single.p99_ms', op: '<=', value: 25 },
+  { key: 'post_batch.items_per_s', op: '>=', value: 100_000 },
+  { key: 'post_batch.replicated_ms', op: '<=', value: 1000 },
+  { key: 'get_count.ratio', op: '>=', value: 0.6 },
+  { key: 'memory.rss_bytes_per_item', op: '<=', value: 150, atItems: 1_000_000 },
+  { key: 'restart.ms', op: '<=', value: 3000, atItems: 1_000_000 },
+  { key: 'catch_up.ms', op: '<=', value: 5000, atItems: 1_000_000 },
+  { key: 'partition_heal.ms', op: '<=', value: 2000, atItems: 10_000 },
+];
+
+function lookup(f: Partial<Figures>, key: string): number | null | undefined {
+  const [group, field] = key.split('.') as [keyof Figures, string];
+  const g = f[group] as Record<string, unknown> | undefined;
+  const v = g?.[field];
+  return typeof v === 'number' ? v : v === null ? null : undefined;
+}
+
+function formatTable(f: Partial<Figures>): { text: string; misses: string[] } {
+  const rows: string[][] = [['figure', 'value', 'target', '']];
+  const misses: string[] = [];
+  let starred = false;
+  for (const [group, fields] of Object.entries(f)) {
+    if (group === 'machine') continue;
+    for (const [field, v] of Object.entries(fields as Record<string, unknown>)) {
+      const key = `${group}.${field}`;
+      const t = TARGETS.find((x) => x.key === key);
+      let value = v === null ? 'null' : typeof v === 'number' ? (Number.isInteger(v) ? fmtInt(v) : v < 10 ? v.toFixed(2) : v.toFixed(1)) : String(v);
+      if (field === 'ratio' && typeof v === 'number') value = v.toFixed(2);
+      let mark = '';
+      if (t && typeof v === 'number') {
+        const ok = t.op === '>=' ? v >= t.value : v <= t.value;
+        const size = group === 'partition_heal' ? f.partition_heal?.items_per_side : (fields as { items?: number }).items;
+        const off = t.atItems !== undefined && size !== undefined && size !== t.atItems;
+        starred ||= off;
+        mark = `${ok ? 'pass' : 'MISS'}${off ? '*' : ''}`;
+        if (!ok) misses.push(key);
+      }
+      rows.push([key, value, t ? `${t.op === '>=' ? '≥' : '≤'} ${t.value.toLocaleString('en-US')}` : '', mark]);
+    }
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const lines = rows.map((r) => r.map((c, i) => (i === 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd());
+  lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+  if (starred) lines.push('* measured at a smaller size than the target is set for (targets are for the full run)');
+  return { text: lines.join('\n'), misses };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export async function runBench(argv: string[]): Promise<number> {
+  let o: Options | null;
+  try {
+    o = parseArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`counter-mesh bench: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (!o) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const opts = o;
+  const t0 = performance.now();
+  const say: Say = (line) => process.stdout.write(`[bench ${((performance.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${line}\n`);
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-bench-'));
+  const secret = randomBytes(16).toString('hex');
+  const cleanups: (() => Promise<void>)[] = [];
+  const onSignal = () => {
+    void Promise.all(cleanups.map((c) => c().catch(() => {}))).finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  try {
+    if (opts.profileDir) return await profileRun(opts, root, secret, say, cleanups);
+    if (opts.mesh === 'compare') return await compareMeshes(opts, root, secret, say, cleanups);
+
+    const figures: Partial<Figures> = {};
+    const notes: string[] = [];
+    say(`${opts.mode} run: ${opts.rounds} round(s) of ${opts.roundS} s, ${opts.connections} connections, ${opts.mesh} mesh, ${fmtInt(opts.items)} items for memory/restart/catch_up`);
+
+    const wantHttp = opts.only.has('post_single') || opts.only.has('post_batch') || opts.only.has('get_count');
+    if (wantHttp) {
+      const ceilingHost = '127.0.0.3';
+      const ceiling = new NodeProc('ceiling', CEILING_SCRIPT, { HOST: ceilingHost, PORT: String(await freePort(ceilingHost)) });
+      ceiling.start();
+      cleanups.push(() => ceiling.kill('SIGKILL'));
+      const m = await ceiling.waitForLine(/ceiling listening (\d+)/);
+      const ceilingUrl = `http://${ceilingHost}:${m[1]}`;
+
+      const mesh = opts.mesh === 'direct' ? await startDirectMesh(path.join(root, 'mesh'), secret, 3, () => opts.nodeArgs) : (await startProxiedMesh(3)).handle;
+      cleanups.push(() => mesh.close());
+      say(`mesh up (${opts.mesh}): coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}; ceiling ${ceilingUrl}`);
+
+      if (opts.only.has('post_single')) {
+        const p = await paired(opts, mesh.url, ceilingUrl, postSingleRequest, say, 'post_single');
+        figures.post_single = { rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) };
+      }
+      if (opts.only.has('post_batch')) figures.post_batch = await postBatch(opts, mesh, say, notes);
+      if (opts.only.has('get_count')) {
+        const p = await paired(opts, mesh.url, ceilingUrl, getCountRequest, say, 'get_count');
+        figures.get_count = { rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) };
+      }
+      const held = await Promise.all(mesh.counters.map(async (c) => (await c.status()).items));
+      const rss = mesh.procs.map((p) => {
+        try {
+          return `${p.name} ${mb(rssBytes(p.pid()))}`;
+        } catch {
+          return `${p.name} ?`;
+        }
+      });
+      notes.push(`throughput: ${opts.mesh} mesh (coordinator + 3 counters, fsync before ack) and autocannon share ${os.cpus().length} CPUs; post_batch used ${opts.batchConnections} connections`);
+      notes.push(`throughput mesh afterwards: counters hold ${held.map(fmtInt).join(' / ')} items; RSS (no forced GC) ${rss.join(', ')}`);
+      const compactions = mesh.compactions();
+      if (compactions.length > 0) {
+        notes.push(`compactions during the throughput phases (COMPACT_BYTES=${SETTINGS.COMPACT_BYTES}): ${compactions.map(([c, ms]) => `${c} ${fmtInt(ms)} ms`).join(', ')}`);
+      }
+      await mesh.close();
+      await ceiling.kill('SIGKILL');
+    }
+    if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes);
+    if (opts.only.has('memory')) {
+      const s = await stateFigures(opts, path.join(root, 'state'), secret, say, notes);
+      figures.memory = s.memory;
+      figures.restart = s.restart;
+      figures.catch_up = s.catch_up;
+    }
+    figures.machine = { cpus: os.cpus().length, node: process.version, date: new Date().toISOString() };
+
+    const { text, misses } = formatTable(figures);
+    process.stdout.write(`\ncounter-mesh bench (${opts.mode}, ${((performance.now() - t0) / 1000).toFixed(0)} s, ${figures.machine.cpus} CPUs, Node ${figures.machine.node})\n\n${text}\n\n`);
+    for (const n of notes) process.stdout.write(`- ${n}\n`);
+    if (opts.out) {
+      fs.writeFileSync(opts.out, `${JSON.stringify(figures, null, 2)}\n`);
+      process.stdout.write(`\nfigures written to ${opts.out}\n`);
+    }
+    return opts.check && misses.length > 0 ? 1 : 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    for (const c of cleanups.reverse()) await c().catch(() => {});
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+/** --profile: the direct mesh under --cpu-prof, one route driven, then the top self time per process. */
+async function profileRun(o: Options, root: string, secret: string, say: Say, cleanups: (() => Promise<void>)[]): Promise<number> {
+  const dir = o.profileDir!;
+  fs.mkdirSync(dir, { recursive: true });
+  const stamp = Date.now();
+  const mesh = await startDirectMesh(path.join(root, 'mesh'), secret, 3, (name) => [...o.nodeArgs, '--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${stamp}.cpuprofile`]);
+  cleanups.push(() => mesh.close());
+  const request = o.profileRoute === 'post_single' ? postSingleRequest : o.profileRoute === 'get_count' ? getCountRequest : () => postBatchRequest(o.batch);
+  const connections = o.profileRoute === 'post_batch' ? o.batchConnections : o.connections;
+  if (o.profileRoute === 'get_count') {
+    const c = await CounterClient.connect(mesh.counters[0]!.address, secret);
+    await loadBatches(c, fill(10_000, 1000), 4);
+    c.close();
+  }
+  await drive(mesh.url, connections, Math.min(2, o.roundS / 4), request()); // warm-up, left out of the summary
+  say(`profiling ${o.profileRoute}: ${o.roundS} s with ${connections} connections`);
+  const loadFrom = performance.now();
+  const res = await drive(mesh.url, connections, o.roundS, request());
+  const loadTo = performance.now();
+  say(`  ${fmtInt(res.rps)} req/s, p50 ${res.p50} ms, p99 ${res.p99} ms`);
+  const starts = new Map(mesh.procs.map((p) => [p.name, p.startedAt()]));
+  // a graceful stop lets each process write its profile
+  for (const p of mesh.procs) await p.stop('SIGTERM');
+  for (const p of mesh.procs) {
+    const file = path.join(dir, `${p.name}-${stamp}.cpuprofile`);
+    if (!fs.existsSync(file)) {
+      process.stdout.write(`${p.name}: no profile written (${file})\n`);
+      continue;
+    }
+    const spawned = starts.get(p.name)!;
+    const window = { fromMs: loadFrom - spawned, toMs: loadTo - spawned };
+    process.stdout.write(`\n${formatProfile(`${p.name} during the ${o.roundS} s load (${path.basename(file)})`, summarizeProfile(file, 20, window))}\n`);
+  }
+  return 0;
+}
+
+/** --mesh compare: the direct and the proxied mesh side by side, rounds alternating, medians. */
+async function compareMeshes(o: Options, root: string, secret: string, say: Say, cleanups: (() => Promise<void>)[]): Promise<number> {
+  const direct = await startDirectMesh(path.join(root, 'mesh'), secret, 3);
+  cleanups.push(() => direct.close());
+  const proxied = (await startProxiedMesh(3)).handle;
+  cleanups.push(() => proxied.close());
+  const meshes: [string, MeshHandle][] = [['direct', direct], ['proxied', proxied]];
+  const routes: [string, () => autocannon.Request, number, number][] = [
+    ['post_single', postSingleRequest, o.connections, 1],
+    ['post_batch', () => postBatchRequest(o.batch), o.batchConnections, o.batch],
+    ['get_count', getCountRequest, o.connections, 1],
+  ];
+  const lines: string[] = [];
+  for (const [route, request, connections, perReq] of routes) {
+    for (const [, m] of meshes) await drive(m.url, connections, o.warmupS, request());
+    const res = new Map<string, Round[]>(meshes.map(([n]) => [n, []]));
+    for (let r = 0; r < o.rounds; r++) {
+      const order = r % 2 === 0 ? meshes : [...meshes].reverse();
+      for (const [name, m] of order) {
+        const x = await drive(m.url, connections, o.roundS, request());
+        res.get(name)!.push(x);
+        say(`  ${route} round ${r + 1} ${name.padEnd(7)} ${fmtInt(x.rps * perReq)} ${perReq > 1 ? 'items' : 'req'}/s  p50 ${x.p50} ms  p99 ${x.p99} ms`);
+      }
+    }
+    const d = res.get('direct')!;
+    const p = res.get('proxied')!;
+    const md = median(d.map((x) => x.rps)) * perReq;
+    const mp = median(p.map((x) => x.rps)) * perReq;
+    lines.push(
+      `${route.padEnd(12)} direct ${fmtInt(md).padStart(9)}/s p99 ${String(median(d.map((x) => x.p99))).padStart(4)} ms   ` +
+        `proxied ${fmtInt(mp).padStart(9)}/s p99 ${String(median(p.map((x) => x.p99))).padStart(4)} ms   proxied/direct ${(mp / md).toFixed(2)}`,
+    );
+  }
+  process.stdout.write(`\ndirect vs proxied mesh (medians of ${o.rounds} alternating rounds of ${o.roundS} s):\n${lines.join('\n')}\n`);
+  return 0;
+}

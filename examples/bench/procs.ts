@@ -1,0 +1,239 @@
+/**
+ * Child processes for the benchmark: mesh processes spawned with extra Node flags (MeshProcess
+ * cannot take any), readiness and status polling, and memory readings from outside the process
+ * (/proc/<pid>/status for RSS, the V8 inspector for the heap).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { waitFor } from '../../src/shared/wait.ts';
+
+export const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+
+/** A Node child running `counter-mesh <command>` (or any script) under tsx, with extra Node flags. */
+export class NodeProc {
+  proc: ChildProcess | null = null;
+  readonly output: string[] = [];
+  /** performance.now() at the last spawn. */
+  startedAt = 0;
+  /** Output lines matching `watch`, kept whole (the tail in `output` is bounded). */
+  readonly watched: string[] = [];
+  watch: RegExp | null = null;
+
+  constructor(
+    readonly name: string,
+    /** 'counter' | 'coordinator', or the path of a script to run instead of the CLI. */
+    readonly command: string,
+    public env: Record<string, string>,
+    public nodeArgs: string[] = [],
+  ) {}
+
+  start(): void {
+    const args = this.command.endsWith('.ts') ? [this.command] : [MAIN, this.command];
+    const proc = spawn(process.execPath, [...this.nodeArgs, '--import', 'tsx', ...args], {
+      env: { ...process.env, ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.startedAt = performance.now();
+    this.proc = proc;
+    const keep = (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n')) {
+        if (!line) continue;
+        this.output.push(line);
+        if (this.watch?.test(line)) this.watched.push(line);
+      }
+      if (this.output.length > 400) this.output.splice(0, this.output.length - 400);
+    };
+    proc.stdout!.on('data', keep);
+    proc.stderr!.on('data', keep);
+    proc.once('exit', () => {
+      if (this.proc === proc) this.proc = null;
+    });
+  }
+
+  get pid(): number {
+    const pid = this.proc?.pid;
+    if (pid === undefined) throw new Error(`${this.name} is not running\n${this.tail()}`);
+    return pid;
+  }
+
+  get running(): boolean {
+    return this.proc !== null;
+  }
+
+  /** Sends the signal and waits for the exit (SIGKILL after `graceMs` if it lingers). */
+  async kill(signal: NodeJS.Signals = 'SIGKILL', graceMs = 15_000): Promise<void> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill(signal);
+    const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  /** Waits for an output line matching `re` and returns its match. */
+  async waitForLine(re: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {
+    return waitFor(() => {
+      for (const line of this.output) {
+        const m = re.exec(line);
+        if (m) return m;
+      }
+      if (!this.running) throw new Error(`${this.name} exited`);
+      return null;
+    }, timeoutMs, `${this.name} to print ${re}\n${this.tail()}`, 10);
+  }
+
+  tail(n = 30): string {
+    return this.output.slice(-n).join('\n');
+  }
+}
+
+/** VmRSS of a process in bytes. */
+export function rssBytes(pid: number): number {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+export interface CounterStatus {
+  id: string;
+  ready: boolean;
+  items: number;
+  members: { id: string; address: string }[];
+}
+
+/** A counter reached on its real address (not through a proxy). */
+export class CounterEndpoint {
+  constructor(readonly host: string, readonly port: number, private readonly secret: string) {}
+
+  get address(): string {
+    return `${this.host}:${this.port}`;
+  }
+
+  private get headers(): Record<string, string> {
+    return { authorization: `Bearer ${this.secret}` };
+  }
+
+  async status(): Promise<CounterStatus> {
+    const res = await fetch(`http://${this.address}/status`, { headers: this.headers });
+    if (!res.ok) throw new Error(`${this.address} /status: ${res.status}`);
+    return (await res.json()) as CounterStatus;
+  }
+
+  async ready(): Promise<boolean> {
+    try {
+      const res = await fetch(`http://${this.address}/ready`, { headers: this.headers });
+      await res.arrayBuffer();
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  async count(tenant: string): Promise<number> {
+    const res = await fetch(`http://${this.address}/items/${encodeURIComponent(tenant)}/count`, { headers: this.headers });
+    const body = (await res.json()) as { count?: number };
+    if (!res.ok || typeof body.count !== 'number') throw new Error(`${this.address} count: ${res.status}`);
+    return body.count;
+  }
+}
+
+/** Items held by each counter, asked concurrently; a counter that does not answer counts -1. */
+export async function itemsOf(counters: readonly CounterEndpoint[]): Promise<number[]> {
+  return Promise.all(counters.map((c) => c.status().then((s) => s.items, () => -1)));
+}
+
+/**
+ * Polls until every counter holds at least `expected` items; returns performance.now() at the poll
+ * that saw it. Polls every `intervalMs`.
+ */
+export async function waitAllHold(counters: readonly CounterEndpoint[], expected: number, timeoutMs: number, intervalMs = 10): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  let last: number[] = [];
+  for (;;) {
+    last = await itemsOf(counters);
+    const now = performance.now();
+    if (last.every((n) => n >= expected)) return now;
+    if (now > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for every counter to hold ${expected} items (they hold ${last.join(', ')})`);
+    await sleep(intervalMs);
+  }
+}
+
+/** Waits until every counter holds the same number of items on two polls in a row; returns it. */
+export async function waitSettled(counters: readonly CounterEndpoint[], timeoutMs: number): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  let prev = '';
+  for (;;) {
+    const items = await itemsOf(counters);
+    const key = items.join(',');
+    if (items[0]! >= 0 && items.every((n) => n === items[0]) && key === prev) return items[0]!;
+    prev = key;
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for the counters to agree (they hold ${key})`);
+    await sleep(50);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * A Chrome DevTools Protocol session with a process started with `--inspect=host:0`: forces a full
+ * GC and reads process.memoryUsage() from inside the real process, without changing its code.
+ */
+export class Inspector {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(private readonly ws: WebSocket) {
+    ws.on('message', (data) => {
+      const msg = JSON.parse(String(data)) as { id?: number; result?: unknown; error?: { message: string } };
+      if (msg.id === undefined) return;
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (msg.error) p.reject(new Error(msg.error.message));
+      else p.resolve(msg.result);
+    });
+  }
+
+  /** Connects to the inspector URL the process printed ("Debugger listening on ws://..."). */
+  static async attach(proc: NodeProc): Promise<Inspector> {
+    const m = await proc.waitForLine(/Debugger listening on (ws:\/\/\S+)/);
+    const ws = new WebSocket(m[1]!, { perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    return new Inspector(ws);
+  }
+
+  call(method: string, params: object = {}): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.ws.send(JSON.stringify({ id, method, params }));
+    });
+  }
+
+  async gc(): Promise<void> {
+    await this.call('HeapProfiler.collectGarbage');
+    await this.call('HeapProfiler.collectGarbage');
+  }
+
+  async memoryUsage(): Promise<NodeJS.MemoryUsage> {
+    const r = (await this.call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true })) as {
+      result: { value?: string };
+      exceptionDetails?: { text: string };
+    };
+    if (r.exceptionDetails || typeof r.result.value !== 'string') throw new Error(`could not read memoryUsage: ${r.exceptionDetails?.text ?? 'no value'}`);
+    return JSON.parse(r.result.value) as NodeJS.MemoryUsage;
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
