@@ -18,6 +18,9 @@ export class CounterRejectedError extends Error {
   override name = 'CounterRejectedError';
 }
 
+/** Adds of at most this many items are coalesced per event-loop turn (at most ~1,000 per frame in practice). */
+const COALESCE_MAX_ITEMS = 16;
+
 interface Pending {
   resolve: (value: number) => void;
   reject: (err: Error) => void;
@@ -31,6 +34,7 @@ export class CounterLink {
   private readonly dialer: Dialer;
   private readonly pending = new Map<number, Pending>();
   private nextReqId = 1;
+  private addQueue: { items: readonly Item[]; resolve: (n: number) => void; reject: (err: Error) => void }[] = [];
   /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
   private suspect = false;
 
@@ -66,8 +70,31 @@ export class CounterLink {
     return this.reachable && this.status?.ready === true;
   }
 
+  /**
+   * Adds arriving in one event-loop turn travel as one Add (one frame, one reply, one transaction on
+   * the counter); each caller's promise settles with the shared reply.
+   */
   add(items: readonly Item[]): Promise<number> {
-    return this.request((reqId) => writeAdd(reqId, items));
+    // big batches need no company, and must not add up past the counters' frame limit
+    if (items.length > COALESCE_MAX_ITEMS) return this.request((reqId) => writeAdd(reqId, items));
+    return new Promise((resolve, reject) => {
+      this.addQueue.push({ items, resolve, reject });
+      if (this.addQueue.length === 1) setImmediate(() => this.flushAdds());
+    });
+  }
+
+  private flushAdds(): void {
+    const queue = this.addQueue;
+    this.addQueue = [];
+    const items = queue.length === 1 ? queue[0]!.items : queue.flatMap((q) => q.items);
+    this.request((reqId) => writeAdd(reqId, items)).then(
+      () => {
+        for (const q of queue) q.resolve(q.items.length);
+      },
+      (err: Error) => {
+        for (const q of queue) q.reject(err);
+      },
+    );
   }
 
   count(tenant: string): Promise<number> {

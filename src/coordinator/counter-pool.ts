@@ -77,12 +77,29 @@ export class CounterPool {
     return scored.sort((a, b) => b.w - a.w).map((s) => s.link);
   }
 
+  /** The best usable counter for a tenant: the highest rendezvous weight, no sorting. */
+  private best(tenant: string, usable: readonly CounterLink[]): CounterLink | undefined {
+    let best: CounterLink | undefined;
+    let bestW = -1;
+    for (const link of usable) {
+      const w = hash32(`${tenant}\u0000${link.id}`);
+      if (w > bestW) {
+        bestW = w;
+        best = link;
+      }
+    }
+    return best;
+  }
+
   /** Adds items on their tenants' counters, failing over per group; resolves once all are stored. */
   async add(items: readonly Item[], exclude: ReadonlySet<CounterLink> = new Set()): Promise<void> {
+    const usable = [...this.links.values()].filter((l) => l.usable && !exclude.has(l));
+    if (usable.length === 0) throw new NoCounterAvailableError('no counter can take the write right now');
     const groups = new Map<CounterLink, Item[]>();
+    const chosen = new Map<string, CounterLink>();
     for (const it of items) {
-      const link = this.candidates(it.tenant, exclude)[0];
-      if (!link) throw new NoCounterAvailableError('no counter can take the write right now');
+      let link = chosen.get(it.tenant);
+      if (!link) chosen.set(it.tenant, (link = this.best(it.tenant, usable)!));
       let g = groups.get(link);
       if (!g) groups.set(link, (g = []));
       g.push(it);

@@ -39,6 +39,7 @@ export class Counter implements CounterApi {
   private catchUpTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private lastStatusKey = '';
+  private snapshotBytes = 0;
 
   private constructor(
     readonly config: Readonly<CounterConfig>,
@@ -158,7 +159,8 @@ export class Counter implements CounterApi {
     this.lastAppend = p;
     p.then(
       () => {
-        if (this.storage.needsCompaction()) this.compact();
+        // the log may grow to the snapshot's size before compacting again: total rewrite work stays linear
+        if (this.storage.logBytes > Math.max(this.config.compactBytes, this.snapshotBytes)) this.compact();
       },
       () => {
         // the storage layer logged it; the next acknowledged write rewrites the whole state
@@ -168,13 +170,19 @@ export class Counter implements CounterApi {
   };
 
   private async repayDebt(): Promise<void> {
-    await this.storage.compact(() => this.gset.encodeState());
+    await this.storage.compact(() => this.snapshot());
     this.persistDebt = false;
     this.log.info('disk takes writes again; state rewritten to a fresh snapshot');
   }
 
+  private snapshot(): Uint8Array {
+    const state = this.gset.encodeState();
+    this.snapshotBytes = state.length;
+    return state;
+  }
+
   private compact(): void {
-    this.storage.compact(() => this.gset.encodeState()).catch((err: Error) => this.log.error({ err }, 'compaction failed; will retry after the next write'));
+    this.storage.compact(() => this.snapshot()).catch((err: Error) => this.log.error({ err }, 'compaction failed; will retry after the next write'));
   }
 
   private async recover(snapshot: Uint8Array | null, updates: Uint8Array[], damaged: string[], tornTail: boolean): Promise<void> {
@@ -185,7 +193,8 @@ export class Counter implements CounterApi {
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
-    if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.gset.encodeState());
+    this.snapshotBytes = snapshot?.length ?? 0;
+    if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
   }
 
   private startCatchUp(): void {

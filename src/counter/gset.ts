@@ -1,11 +1,13 @@
 /**
  * The replicated state of a counter: every tenant's grow-only set of item ids, as one Yjs document.
  *
- * Layout (chosen for memory, see README "Performance"): each item is a short record appended to a
- * root-level Y.Text (`log0`, `log1`, ...). Root types cannot collide the way nested types created
- * concurrently under one key do, so a brand-new tenant written on two counters at once keeps both
- * sides. Consecutive appends by one client merge into a single Yjs item holding one string, so the
- * document costs little more than the characters themselves. A record written twice (the same item
+ * Layout (chosen for memory and speed, see README "Performance"): each item is a short record
+ * appended to a root-level Y.Text of the writing process alone (`log-<clientID>-<segment>`). Root
+ * types cannot collide the way nested types created concurrently under one key do, so a brand-new
+ * tenant written on two counters at once keeps both sides. Nobody else inserts into a writer's
+ * text, so its consecutive appends always merge into a single Yjs item holding one string (the
+ * document costs little more than the characters) and finding the end never walks other writers'
+ * items (one shared text made every append after a peer's update scan the whole text). A record written twice (the same item
  * added on two counters before they synced) stays twice in the text; the exact per-tenant counts
  * come from an IdIndex fed with what Yjs actually integrated.
  */
@@ -24,13 +26,21 @@ export type Origin =
 export const LOCAL: Origin = Object.freeze({ kind: 'local' });
 export const STORAGE: Origin = Object.freeze({ kind: 'storage' });
 
-/** A log text is closed for appends past this many code units, well under V8's string limit (2^29). */
-export const SEGMENT_UNITS = 1 << 27;
+/**
+ * A log text takes appends up to this many code units, then the writer starts the next one.
+ * Kept small on purpose: Yjs merges each append into the text's one string (\`str += more\`) and
+ * then slices it to encode the update, which flattens (copies) the whole string every transaction;
+ * with one ever-growing text that copy made every write O(items held) (seen in profiles as
+ * ContentString.write). 32 K units bound it to ~64 KB at a cost of one Yjs item per ~1,000 items.
+ */
+export const SEGMENT_UNITS = 1 << 15;
 
 export class GSet {
   readonly doc: Y.Doc;
   private readonly index = new IdIndex();
   private segment = 0;
+  private target: Y.Text | null = null;
+  private targetClient = -1;
   private malformed = 0;
 
   constructor(private readonly log: Logger) {
@@ -75,8 +85,17 @@ export class GSet {
       fresh++;
     }
     if (fresh === 0) return 0;
-    let target = this.doc.getText(`log${this.segment}`);
-    while (target.length + text.length > SEGMENT_UNITS) target = this.doc.getText(`log${++this.segment}`);
+    if (this.targetClient !== this.doc.clientID) {
+      // first write, or Yjs gave us a new clientID after seeing ours in a peer's update
+      this.targetClient = this.doc.clientID;
+      this.segment = 0;
+      this.target = null;
+    }
+    let target = (this.target ??= this.doc.getText(this.segmentName()));
+    if (target.length + text.length > SEGMENT_UNITS) {
+      this.segment++;
+      target = this.target = this.doc.getText(this.segmentName());
+    }
     this.doc.transact(() => target.insert(target.length, text), origin);
     return fresh;
   }
@@ -102,6 +121,11 @@ export class GSet {
     return this.malformed;
   }
 
+  /** The clientID is fresh every start (and Yjs renews it on a collision), so the name is ours alone. */
+  private segmentName(): string {
+    return `log-${this.doc.clientID}-${this.segment}`;
+  }
+
   /** Feeds the index with the structs this transaction integrated; pending ones arrive later. */
   private indexTransaction(tr: Y.Transaction): void {
     for (const [client, after] of tr.afterState) {
@@ -122,12 +146,6 @@ export class GSet {
         this.malformed++;
         this.log.warn({ client, dropped: text.length - used }, 'ignored malformed records in an update');
       }
-    }
-    if (tr.local) return;
-    // a peer may write into later segments; keep appending to the last one
-    for (const name of this.doc.share.keys()) {
-      const m = /^log(\d+)$/.exec(name);
-      if (m && Number(m[1]) > this.segment) this.segment = Number(m[1]);
     }
   }
 }

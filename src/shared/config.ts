@@ -18,7 +18,7 @@ export const SETTINGS = {
   HOST: '127.0.0.1',
   CLUSTER_SECRET: '',
   HEARTBEAT_MS: '2000',
-  MAX_MESSAGE_BYTES: String(64 * 1024 * 1024),
+  MAX_MESSAGE_BYTES: String(256 * 1024 * 1024),
   RECONNECT_MAX_MS: '1000',
   // coordinator
   HTTP_PORT: '8080',
