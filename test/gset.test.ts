@@ -5,20 +5,13 @@ import * as Y from 'yjs';
 import pino from 'pino';
 import { GSet, SEGMENT_UNITS, type Origin } from '../src/counter/gset.ts';
 import { decodeRecords, encodeRecord } from '../src/counter/records.ts';
+import { mulberry32 } from '../examples/chaos/prng.ts';
 
 const log = pino({ level: 'silent' });
 const SEED = Number(process.env.SEED ?? Date.now() % 100000);
 console.log(`gset.test seed=${SEED} (SEED=${SEED} to replay)`);
 
-function rng(seed: number) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 const PEER: Origin = { kind: 'peer', peerId: 'test', connection: {} };
 
 function shuffle<T>(a: T[], r: () => number): T[] {

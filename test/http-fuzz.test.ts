@@ -13,6 +13,7 @@ import net from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Mesh } from '../examples/lib/mesh.ts';
+import { mulberry32 } from '../examples/chaos/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`http-fuzz: SEED=${SEED}`);
@@ -24,16 +25,6 @@ const REQUEST_TIMEOUT_MS = 15_000;
 /** Requests that cannot add counted items are half-closed when the server still waits after this. */
 const IDLE_END_MS = 1000;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rng = mulberry32(SEED);
 const int = (min: number, max: number) => min + Math.floor(rng() * (max - min + 1));
 const pick = <T>(list: readonly T[]): T => list[Math.floor(rng() * list.length)]!;

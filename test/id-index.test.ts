@@ -1,18 +1,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { IdIndex } from '../src/counter/id-index.ts';
+import { mulberry32 as prng } from '../examples/chaos/prng.ts';
 
-/** mulberry32: small seeded PRNG returning floats in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const envSeed = process.env['SEED'];
 const SEED = envSeed !== undefined && envSeed !== '' ? Number(envSeed) >>> 0 : (Math.random() * 2 ** 32) >>> 0;

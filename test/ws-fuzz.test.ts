@@ -35,6 +35,7 @@ import {
   writeStatus,
   writeSync,
 } from '../src/protocol/messages.ts';
+import { mulberry32 } from '../examples/chaos/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`ws-fuzz: SEED=${SEED}`);
@@ -44,16 +45,6 @@ const CLIENT_IP = '127.0.0.60';
 const CONNECTIONS = 500;
 const PARALLEL = 12;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rng = mulberry32(SEED);
 const int = (min: number, max: number) => min + Math.floor(rng() * (max - min + 1));
 const pick = <T>(list: readonly T[]): T => list[Math.floor(rng() * list.length)]!;
