@@ -24,7 +24,7 @@ const COALESCE_MAX_ITEMS = 16;
 interface Pending {
   resolve: (value: number) => void;
   reject: (err: Error) => void;
-  timer: NodeJS.Timeout;
+  deadline: number;
 }
 
 export class CounterLink {
@@ -33,6 +33,7 @@ export class CounterLink {
   private sock: MeshSocket | null = null;
   private readonly dialer: Dialer;
   private readonly pending = new Map<number, Pending>();
+  private readonly sweep: NodeJS.Timeout;
   private nextReqId = 1;
   private addQueue: { items: readonly Item[]; resolve: (n: number) => void; reject: (err: Error) => void }[] = [];
   /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
@@ -54,6 +55,8 @@ export class CounterLink {
       onOpen: (ws) => this.attach(ws),
     });
     this.dialer.start();
+    this.sweep = setInterval(() => this.expire(), Math.max(10, Math.floor(config.counterTimeoutMs / 10)));
+    this.sweep.unref();
   }
 
   get id(): string {
@@ -102,6 +105,7 @@ export class CounterLink {
   }
 
   close(): void {
+    clearInterval(this.sweep);
     this.dialer.close();
     this.sock?.close();
     this.failAll('coordinator shutting down');
@@ -113,15 +117,25 @@ export class CounterLink {
     const reqId = this.nextReqId++;
     if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
     return new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(reqId);
-        this.suspect = true;
-        this.log.warn({ counter: this.id, timeoutMs: this.config.counterTimeoutMs }, 'counter did not answer in time; failing over');
-        reject(new CounterUnavailableError(`counter ${this.id} did not answer within ${this.config.counterTimeoutMs} ms`));
-      }, this.config.counterTimeoutMs);
-      this.pending.set(reqId, { resolve, reject, timer });
+      this.pending.set(reqId, { resolve, reject, deadline: Date.now() + this.config.counterTimeoutMs });
       sock.send(frame(reqId));
     });
+  }
+
+  /** One sweep timer instead of a timer per request (measurable at tens of thousands of reads/s). */
+  private expire(): void {
+    const now = Date.now();
+    let expired = 0;
+    for (const [reqId, p] of this.pending) {
+      if (p.deadline > now) continue;
+      this.pending.delete(reqId);
+      expired++;
+      p.reject(new CounterUnavailableError(`counter ${this.id} did not answer within ${this.config.counterTimeoutMs} ms`));
+    }
+    if (expired > 0) {
+      this.suspect = true;
+      this.log.warn({ counter: this.id, timeoutMs: this.config.counterTimeoutMs, expired }, 'counter did not answer in time; failing over');
+    }
   }
 
   private attach(ws: WebSocket): void {
@@ -157,7 +171,6 @@ export class CounterLink {
         const p = this.pending.get(msg.reqId);
         if (!p) return; // answered after its timeout
         this.pending.delete(msg.reqId);
-        clearTimeout(p.timer);
         if (msg.status === ReplyStatus.Ok) p.resolve(msg.value);
         else if (msg.status === ReplyStatus.BadRequest) p.reject(new CounterRejectedError(msg.message));
         else p.reject(new CounterUnavailableError(`counter ${this.id}: ${msg.message}`));
@@ -170,7 +183,6 @@ export class CounterLink {
 
   private failAll(reason: string): void {
     for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
       p.reject(new CounterUnavailableError(reason));
     }
     this.pending.clear();

@@ -118,8 +118,19 @@ export class CounterPool {
   }
 
   async count(tenant: string): Promise<number> {
+    // the common case, the tenant's own counter, without building and sorting the whole order
+    const usable: CounterLink[] = [];
+    for (const l of this.links.values()) if (l.usable) usable.push(l);
+    const first = this.best(tenant, usable);
+    if (first) {
+      try {
+        return await first.count(tenant);
+      } catch (err) {
+        if (err instanceof CounterRejectedError) throw err;
+      }
+    }
     let lastErr: Error | null = null;
-    for (const link of this.candidates(tenant)) {
+    for (const link of this.candidates(tenant, first ? new Set([first]) : undefined)) {
       try {
         return await link.count(tenant);
       } catch (err) {

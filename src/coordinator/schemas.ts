@@ -35,3 +35,9 @@ export const errorResponse = {
   type: 'object',
   properties: { statusCode: { type: 'integer' }, code: { type: 'string' }, error: { type: 'string' }, message: { type: 'string' } },
 } as const;
+
+export const countResponse = {
+  type: 'object',
+  required: ['count'],
+  properties: { count: { type: 'integer' } },
+} as const;
