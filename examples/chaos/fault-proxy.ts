@@ -24,6 +24,7 @@
  * @module
  */
 import net from 'node:net';
+import { once } from 'node:events';
 
 /**
  * How traffic from a source is cut.
@@ -157,19 +158,9 @@ export class FaultProxy {
     // instead of closing both directions at once, so data still in flight the
     // other way is not lost.
     const server = net.createServer({ allowHalfOpen: true });
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => {
-        server.off('listening', onListening);
-        reject(err);
-      };
-      const onListening = (): void => {
-        server.off('error', onError);
-        resolve();
-      };
-      server.once('error', onError);
-      server.once('listening', onListening);
-      server.listen({ host: opts.listenHost, port: opts.listenPort ?? 0 });
-    });
+    // events.once rejects if 'error' comes first (port taken, address not local)
+    server.listen({ host: opts.listenHost, port: opts.listenPort ?? 0 });
+    await once(server, 'listening');
     // Late server errors (rare once listening) must never crash the process.
     server.on('error', () => {});
     return new FaultProxy(server, opts);

@@ -137,14 +137,8 @@ export class IdIndex {
     const h = (hashId(entry.no, id) & this.hashMask) >>> 0;
     const tag = entry.no * 2 + scratchWide;
     const table = this.#table;
-    const mask = this.#mask;
-    let i = h & mask;
-    for (;;) {
-      const ref = table[2 * i]!;
-      if (ref === 0) break;
-      if (table[2 * i + 1] === h && this.#equals(ref - 1, tag, id)) return false;
-      i = (i + 1) & mask;
-    }
+    const i = this.#slot(h, tag, id);
+    if (table[2 * i] !== 0) return false;
     table[2 * i] = this.#append(tag, id) + 1;
     table[2 * i + 1] = h;
     entry.count++;
@@ -156,14 +150,17 @@ export class IdIndex {
     const entry = this.#tenants.get(tenant);
     if (entry === undefined) return false;
     const h = (hashId(entry.no, id) & this.hashMask) >>> 0;
-    const tag = entry.no * 2 + scratchWide;
+    return this.#table[2 * this.#slot(h, entry.no * 2 + scratchWide, id)] !== 0;
+  }
+
+  /** The slot holding the key (hash `h`, header `tag`, `id`), or the empty slot where it would go. */
+  #slot(h: number, tag: number, id: string): number {
     const table = this.#table;
     const mask = this.#mask;
     let i = h & mask;
     for (;;) {
       const ref = table[2 * i]!;
-      if (ref === 0) return false;
-      if (table[2 * i + 1] === h && this.#equals(ref - 1, tag, id)) return true;
+      if (ref === 0 || (table[2 * i + 1] === h && this.#equals(ref - 1, tag, id))) return i;
       i = (i + 1) & mask;
     }
   }

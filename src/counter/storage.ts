@@ -15,6 +15,7 @@ import { crc32 } from 'node:zlib';
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { once } from 'node:events';
 
 const LOG_MAGIC = Buffer.from('CMLOG001', 'latin1');
 const SNAP_MAGIC = Buffer.from('CMSNAP01', 'latin1');
@@ -664,20 +665,9 @@ async function acquireLock(dir: string, path: string, log: Logger): Promise<Serv
   }
 }
 
-function listen(server: Server, path: string): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onError = (err: Error): void => {
-      server.off('listening', onListening);
-      reject(err);
-    };
-    const onListening = (): void => {
-      server.off('error', onError);
-      resolve();
-    };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    server.listen(path);
-  });
+async function listen(server: Server, path: string): Promise<void> {
+  server.listen(path);
+  await once(server, 'listening'); // rejects when 'error' (EADDRINUSE) comes first
 }
 
 function lockAnswers(path: string): Promise<boolean> {
