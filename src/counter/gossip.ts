@@ -3,7 +3,6 @@
  * update a counter applies, periodic anti-entropy, and membership through y-protocols awareness.
  */
 import type WebSocket from 'ws';
-import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
@@ -220,5 +219,3 @@ export class Gossip {
     this.reconcileDialers();
   }
 }
-
-export type { Y };
