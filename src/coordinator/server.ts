@@ -8,7 +8,7 @@ import { bearerMatches } from '../shared/secret.ts';
 import type { Item } from '../protocol/messages.ts';
 import { countParams, countResponse, postItemsBody } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
-import { NoCounterAvailableError, type CounterPool } from './counter-pool.ts';
+import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
 
@@ -132,7 +132,6 @@ export class Coordinator {
   private constructor(readonly app: FastifyInstance, readonly pool: CounterPool) {}
 
   static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
-    const { CounterPool } = await import('./counter-pool.ts');
     const pool = new CounterPool(config, log.child({ component: 'pool' }));
     await pool.start();
     const app = buildCoordinatorServer(config, pool, log);
@@ -144,11 +143,6 @@ export class Coordinator {
     }
     log.info({ address: app.server.address(), counters: config.counters.length }, 'coordinator listening');
     return new Coordinator(app, pool);
-  }
-
-  get port(): number {
-    const a = this.app.server.address();
-    return typeof a === 'object' && a ? a.port : 0;
   }
 
   async close(): Promise<void> {

@@ -85,12 +85,6 @@ export class Counter implements CounterApi {
     return this.config.advertiseAddress;
   }
 
-  /** Port actually bound (COUNTER_PORT may be 0 in tests). */
-  get port(): number {
-    const a = this.app.server.address();
-    return typeof a === 'object' && a ? a.port : this.config.port;
-  }
-
   get ready(): boolean {
     return !this.closing && !this.needsPeerSync && !this.catchingUp;
   }

@@ -69,10 +69,6 @@ export class Gossip {
     return out;
   }
 
-  connectedPeers(): { id: string | null; address: string | null; remote: string }[] {
-    return [...this.peers].map((p) => ({ id: p.id, address: p.address, remote: p.sock.remote }));
-  }
-
   /** Takes over an accepted socket whose first message was a peer Hello. */
   adopt(sock: MeshSocket, hello: Message): void {
     const peer = this.addPeer(sock, null);
