@@ -17,7 +17,8 @@ function logFiles(c: CounterNode): string[] {
   return fs.readdirSync(c.dataDir).filter((f) => /^log-\d+\.ylog$/.test(f)).sort().map((f) => path.join(c.dataDir, f));
 }
 function logBytes(c: CounterNode): number {
-  return logFiles(c).reduce((s, f) => s + fs.statSync(f).size, 0);
+  // a compaction may delete a log between the listing and the stat
+  return logFiles(c).reduce((s, f) => s + (fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0);
 }
 
 async function withMesh(opts: Parameters<typeof Mesh.start>[0], fn: (mesh: Mesh) => Promise<void>): Promise<void> {

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
-import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -316,11 +316,11 @@ test('write failure: appends reject, health flips, the next round recovers', asy
 
   // White-box: fail the next write after half its bytes reached the file,
   // which is what a full disk looks like.
-  const fh = (storage as unknown as { current: { fh: FileHandle } }).current.fh;
-  const patchable = fh as unknown as { write: (...args: unknown[]) => Promise<unknown> };
-  const realWrite = patchable.write;
-  patchable.write = async (buf: unknown, off: unknown, len: unknown, pos: unknown) => {
-    await realWrite.call(fh, buf, off, Math.max(1, Math.floor((len as number) / 2)), pos);
+  type Log = { fh: FileHandle; size: number };
+  const patchable = storage as unknown as { writeAt: (log: Log, bytes: Uint8Array) => void };
+  const realWrite = patchable.writeAt;
+  patchable.writeAt = (log: Log, bytes: Uint8Array) => {
+    writeSync(log.fh.fd, bytes, 0, Math.max(1, Math.floor(bytes.length / 2)), log.size);
     throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
   };
   const results = await Promise.allSettled(updates.slice(2, 4).map((u) => storage.append(u)));
@@ -333,7 +333,7 @@ test('write failure: appends reject, health flips, the next round recovers', asy
   }
   assert.is(storage.healthy, false);
 
-  patchable.write = realWrite;
+  patchable.writeAt = realWrite;
   await appendAll(storage, updates.slice(4));
   assert.is(storage.healthy, true);
   await storage.close();

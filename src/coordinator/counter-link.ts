@@ -18,13 +18,35 @@ export class CounterRejectedError extends Error {
   override name = 'CounterRejectedError';
 }
 
-/** Adds of at most this many items are coalesced per event-loop turn (at most ~1,000 per frame in practice). */
-const COALESCE_MAX_ITEMS = 16;
+/** Adds of at most this many items are coalesced; a coalesced frame carries at most this many too. */
+const COALESCE_MAX_ITEMS = 4096;
+/**
+ * Coalesced Add frames awaiting their reply, per link. Adds arriving while the limit is reached
+ * wait and leave together when a reply frees a slot: under load the batch grows with the counter's
+ * round trip (fsync included), so each transaction, fsync and gossip message carries many items
+ * instead of a few. Two, not one, so the counter applies the next batch while the last one syncs.
+ */
+const MAX_ADDS_IN_FLIGHT = 2;
+
+interface QueuedAdd {
+  items: readonly Item[];
+  /** An upper bound of the items' size in an Add frame. */
+  bytes: number;
+  resolve: (n: number) => void;
+  reject: (err: Error) => void;
+}
 
 interface Pending {
   resolve: (value: number) => void;
   reject: (err: Error) => void;
   deadline: number;
+}
+
+/** Two length prefixes and at most 3 UTF-8 bytes per UTF-16 unit: never less than the frame needs. */
+function frameBytesAtMost(items: readonly Item[]): number {
+  let n = 0;
+  for (const it of items) n += 6 + 3 * (it.id.length + it.tenant.length);
+  return n;
 }
 
 export class CounterLink {
@@ -35,7 +57,9 @@ export class CounterLink {
   private readonly pending = new Map<number, Pending>();
   private readonly sweep: NodeJS.Timeout;
   private nextReqId = 1;
-  private addQueue: { items: readonly Item[]; resolve: (n: number) => void; reject: (err: Error) => void }[] = [];
+  private addQueue: QueuedAdd[] = [];
+  private addsInFlight = 0;
+  private flushScheduled = false;
   /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
   private suspect = false;
 
@@ -74,30 +98,68 @@ export class CounterLink {
   }
 
   /**
-   * Adds arriving in one event-loop turn travel as one Add (one frame, one reply, one transaction on
-   * the counter); each caller's promise settles with the shared reply.
+   * Adds arriving together travel as one Add (one frame, one reply, one transaction on the
+   * counter); each caller's promise settles with the shared reply.
    */
   add(items: readonly Item[]): Promise<number> {
     // big batches need no company, and must not add up past the counters' frame limit
     if (items.length > COALESCE_MAX_ITEMS) return this.request((reqId) => writeAdd(reqId, items));
     return new Promise((resolve, reject) => {
-      this.addQueue.push({ items, resolve, reject });
-      if (this.addQueue.length === 1) setImmediate(() => this.flushAdds());
+      this.addQueue.push({ items, bytes: frameBytesAtMost(items), resolve, reject });
+      this.scheduleFlush();
     });
   }
 
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.addQueue.length === 0 || this.addsInFlight >= MAX_ADDS_IN_FLIGHT) return;
+    this.flushScheduled = true;
+    // the rest of this turn's requests join the frame
+    setImmediate(() => this.flushAdds());
+  }
+
   private flushAdds(): void {
-    const queue = this.addQueue;
-    this.addQueue = [];
-    const items = queue.length === 1 ? queue[0]!.items : queue.flatMap((q) => q.items);
-    this.request((reqId) => writeAdd(reqId, items)).then(
-      () => {
-        for (const q of queue) q.resolve(q.items.length);
-      },
-      (err: Error) => {
-        for (const q of queue) q.reject(err);
-      },
-    );
+    this.flushScheduled = false;
+    if (this.suspect) {
+      // a counter that just timed out gets no new writes: they fail over now instead of waiting again
+      const queue = this.addQueue;
+      this.addQueue = [];
+      const err = new CounterUnavailableError(`counter ${this.id} did not answer in time`);
+      for (const q of queue) q.reject(err);
+      return;
+    }
+    while (this.addQueue.length > 0 && this.addsInFlight < MAX_ADDS_IN_FLIGHT) {
+      const batch = this.takeBatch();
+      const items = batch.length === 1 ? batch[0]!.items : batch.flatMap((q) => q.items);
+      this.addsInFlight++;
+      this.request((reqId) => writeAdd(reqId, items)).then(
+        () => {
+          for (const q of batch) q.resolve(q.items.length);
+        },
+        (err: Error) => {
+          for (const q of batch) q.reject(err);
+        },
+      ).finally(() => {
+        this.addsInFlight--;
+        this.scheduleFlush();
+      });
+    }
+  }
+
+  /**
+   * The queued adds that fit in one frame, oldest first. BODY_LIMIT fits in the counters'
+   * MAX_MESSAGE_BYTES (checked at start), so a frame no bigger than one full request does too.
+   */
+  private takeBatch(): QueuedAdd[] {
+    let n = 0;
+    let items = 0;
+    let bytes = 0;
+    for (const q of this.addQueue) {
+      if (n > 0 && (items + q.items.length > COALESCE_MAX_ITEMS || bytes + q.bytes > this.config.bodyLimit)) break;
+      items += q.items.length;
+      bytes += q.bytes;
+      n++;
+    }
+    return this.addQueue.splice(0, n);
   }
 
   count(tenant: string): Promise<number> {
@@ -151,7 +213,7 @@ export class CounterLink {
     });
     this.sock = sock;
     this.suspect = false;
-    sock.send(writeHello({ role: 'coordinator', nodeId: 'coordinator', address: '' }));
+    sock.send(writeHello({ role: 'coordinator', nodeId: this.config.id, address: '' }));
   }
 
   private onMessage(msg: Message): void {

@@ -149,7 +149,8 @@ export class Counter implements CounterApi {
 
   private readonly persist = (update: Uint8Array, origin: Origin): void => {
     if (origin === STORAGE) return;
-    const p = this.storage.append(update);
+    // a peer's update is durable on that peer already: no fsync to wait for here
+    const p = this.storage.append(update, origin.kind !== 'peer');
     this.lastAppend = p;
     p.then(
       () => {

@@ -1,8 +1,18 @@
 /**
  * Counter ↔ counter replication: y-protocols sync over persistent WebSockets, flooding of every
  * update a counter applies, periodic anti-entropy, and membership through y-protocols awareness.
+ *
+ * Each counter's awareness state names the peers it is connected to. An update that came from a
+ * peer is forwarded only to the peers that peer is not known to be connected to: in a full mesh
+ * every update then crosses each link once instead of being decoded again by every counter, and a
+ * counter cut off from the writer still gets it through whoever reaches both. If that knowledge is
+ * stale (a link dropped a moment ago), the reconnect handshake or anti-entropy brings the update.
+ *
+ * Updates are gathered for GOSSIP_DELAY_MS and leave merged, one message per peer: under load a
+ * peer then wakes, decodes and stores once per window instead of once per transaction.
  */
 import type WebSocket from 'ws';
+import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
@@ -38,6 +48,11 @@ export class Gossip {
   /** Addresses that turned out to be ourselves. */
   private readonly selfAddresses = new Set<string>();
   private readonly antiEntropy: NodeJS.Timeout;
+  /** Peer id → the peer ids it announced being connected to; rebuilt after awareness changes. */
+  private linksOf: Map<string, ReadonlySet<string>> | null = null;
+  /** Updates not yet sent, by where they came from (which decides who gets them). */
+  private outbox = new Map<Origin, Uint8Array[]>();
+  private outboxTimer: NodeJS.Timeout | null = null;
   private closed = false;
 
   constructor(
@@ -48,7 +63,7 @@ export class Gossip {
   ) {
     this.configured = new Set(config.peers.map(formatAddress));
     this.awareness = new awarenessProtocol.Awareness(gset.doc);
-    this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress });
+    this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress, peers: [] });
     gset.doc.on('update', this.onDocUpdate);
     this.awareness.on('update', this.onAwarenessUpdate);
     this.antiEntropy = setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
@@ -83,6 +98,7 @@ export class Gossip {
   close(): void {
     this.closed = true;
     clearInterval(this.antiEntropy);
+    if (this.outboxTimer) clearTimeout(this.outboxTimer);
     this.gset.doc.off('update', this.onDocUpdate);
     this.awareness.off('update', this.onAwarenessUpdate);
     this.awareness.destroy();
@@ -122,6 +138,7 @@ export class Gossip {
 
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
+    this.publishLinks();
     this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
     this.events.onMembersChanged();
   }
@@ -143,6 +160,7 @@ export class Gossip {
         peer.id = msg.hello.nodeId;
         peer.address ??= msg.hello.address;
         peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
+        this.publishLinks();
         this.log.info({ peer: peer.id, remote: peer.sock.remote }, 'peer connected');
         this.events.onMembersChanged();
         return;
@@ -166,22 +184,42 @@ export class Gossip {
 
   private readonly onDocUpdate = (update: Uint8Array, origin: Origin): void => {
     if (this.peers.size === 0) return;
-    const frame = writeSync((e) => syncProtocol.writeUpdate(e, update));
+    if (this.config.gossipDelayMs === 0) return this.forward([update], origin);
+    const pending = this.outbox.get(origin);
+    if (pending) pending.push(update);
+    else this.outbox.set(origin, [update]);
+    this.outboxTimer ??= setTimeout(this.flushOutbox, this.config.gossipDelayMs);
+  };
+
+  private readonly flushOutbox = (): void => {
+    this.outboxTimer = null;
+    const outbox = this.outbox;
+    this.outbox = new Map();
+    for (const [origin, updates] of outbox) this.forward(updates, origin);
+  };
+
+  /** Sends updates to every peer that needs them from us: not their sender, nor peers it reaches itself. */
+  private forward(updates: Uint8Array[], origin: Origin): void {
+    const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
+    const frame = writeSync((e) => syncProtocol.writeUpdate(e, merged));
     // two counters that dialed each other share two sockets; one copy per peer is enough
     const sentTo = new Set<string>();
     const from = origin.kind === 'peer' ? origin.peerId : null;
+    const reachedBySender = from === null ? undefined : this.announcedLinks().get(from);
     for (const p of this.peers) {
-      if (p.origin === origin || (p.id !== null && (p.id === from || sentTo.has(p.id))) || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
+      if (p.origin === origin || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
+      if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
       if (p.id !== null) sentTo.add(p.id);
       p.sock.send(frame);
     }
-  };
+  }
 
   private readonly onAwarenessUpdate = (
     { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
     origin: unknown,
   ): void => {
     const changed = [...added, ...updated, ...removed];
+    this.linksOf = null;
     const frame = writeAwareness(awarenessProtocol.encodeAwarenessUpdate(this.awareness, changed));
     for (const p of this.peers) if (p.origin !== origin) p.sock.send(frame);
     if (added.length > 0 || removed.length > 0) {
@@ -189,6 +227,25 @@ export class Gossip {
       this.events.onMembersChanged();
     }
   };
+
+  /** Announces who we are connected to (by id), so peers know whom they need not forward to. */
+  private publishLinks(): void {
+    if (this.closed) return;
+    const peers = [...new Set([...this.peers].map((p) => p.id).filter((id): id is string => id !== null))].sort();
+    const current = (this.awareness.getLocalState() as { peers?: string[] } | null)?.peers;
+    if (current && current.join('\u0000') === peers.join('\u0000')) return;
+    this.awareness.setLocalStateField('peers', peers);
+  }
+
+  private announcedLinks(): Map<string, ReadonlySet<string>> {
+    if (this.linksOf) return this.linksOf;
+    const linksOf = new Map<string, ReadonlySet<string>>();
+    for (const state of this.awareness.getStates().values()) {
+      const s = state as { id?: unknown; peers?: unknown };
+      if (typeof s.id === 'string' && Array.isArray(s.peers)) linksOf.set(s.id, new Set(s.peers.filter((x): x is string => typeof x === 'string')));
+    }
+    return (this.linksOf = linksOf);
+  }
 
   /** Dial members we learned of and hold no connection to; forget learned ones that left. */
   private reconcileDialers(): void {

@@ -14,12 +14,16 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { crc32 } from 'node:zlib';
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { once } from 'node:events';
 
 const LOG_MAGIC = Buffer.from('CMLOG001', 'latin1');
 const SNAP_MAGIC = Buffer.from('CMSNAP01', 'latin1');
 const HEADER_BYTES = 8;
+const EMPTY = Buffer.alloc(0);
+/** A peer's updates written without a sync are synced at most this much later. */
+const LAZY_SYNC_MS = 1000;
 const FRAME_HEAD_BYTES = 8;
 const SNAPSHOT_NAME = 'snapshot.ydoc';
 const SNAPSHOT_TMP_NAME = 'snapshot.ydoc.tmp';
@@ -62,6 +66,7 @@ export class DataDirLockedError extends Error {
 
 interface Pending {
   frame: Buffer;
+  durable: boolean;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -122,6 +127,9 @@ export class Storage {
   private isHealthy = true;
   private rounds = 0;
   private compacting: Promise<void> | null = null;
+  /** Bytes written by rounds that did not sync; a timer syncs them. */
+  private unsynced = false;
+  private lazySync: NodeJS.Timeout | null = null;
   private closed = false;
   private closing: Promise<void> | null = null;
 
@@ -168,15 +176,19 @@ export class Storage {
    * concurrent calls share one write and one sync (group commit). Rejects
    * with "could not persist update: …" if the write or sync failed; later
    * calls try again.
+   *
+   * @param durable false for copies that exist elsewhere (a peer's updates):
+   *   resolves once written; the next durable round, or a sync at most
+   *   LAZY_SYNC_MS later, makes it durable.
    */
-  append(update: Uint8Array): Promise<void> {
+  append(update: Uint8Array, durable = true): Promise<void> {
     if (this.closed) return Promise.reject(new Error('could not persist update: storage is closed'));
     // An empty record would be indistinguishable from a zero-filled tail
     // left by a crash, which recovery must be able to cut.
     if (update.length === 0) return Promise.reject(new TypeError('cannot persist an empty update'));
     const frame = encodeFrame(update);
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ frame, resolve, reject });
+      this.queue.push({ frame, durable, resolve, reject });
       this.kick();
     });
   }
@@ -237,6 +249,8 @@ export class Storage {
     try {
       if (this.compacting !== null) await this.compacting.catch(() => undefined);
       while (this.loopRunning) await this.loopDone;
+      if (this.lazySync) clearTimeout(this.lazySync);
+      if (this.unsynced) await this.current.fh.datasync().catch((err: unknown) => this.log.warn({ err }, 'could not sync the log at shutdown'));
       await this.current.fh.close();
     } finally {
       await closeServer(this.lock);
@@ -287,8 +301,15 @@ export class Storage {
         await cur.fh.truncate(cur.size);
         this.tailDirty = false;
       }
-      await writeFully(cur.fh, bytes, cur.size);
-      await cur.fh.datasync();
+      this.writeAt(cur, bytes);
+      if (batch.some((p) => p.durable)) {
+        await cur.fh.datasync();
+        this.unsynced = false;
+      } else if (!this.unsynced) {
+        this.unsynced = true;
+        this.lazySync = setTimeout(() => this.syncLater(), LAZY_SYNC_MS);
+        this.lazySync.unref();
+      }
     } catch (cause) {
       this.tailDirty = true;
       if (this.isHealthy) {
@@ -306,6 +327,27 @@ export class Storage {
       this.log.info({ path: cur.path }, 'log writes succeed again');
     }
     for (const p of batch) p.resolve();
+  }
+
+  /**
+   * Synchronous: copying a few KB into the page cache costs less than a trip through the thread
+   * pool, and only the fdatasync that follows waits for the disk.
+   */
+  private writeAt(log: CurrentLog, bytes: Uint8Array): void {
+    let done = 0;
+    while (done < bytes.length) {
+      const written = writeSync(log.fh.fd, bytes, done, bytes.length - done, log.size + done);
+      if (written <= 0) throw new Error(`short write to log at offset ${log.size + done}`);
+      done += written;
+    }
+  }
+
+  /** A sync-only round for what non-durable appends left unsynced. */
+  private syncLater(): void {
+    this.lazySync = null;
+    if (!this.unsynced || this.closed) return;
+    this.queue.push({ frame: EMPTY, durable: true, resolve: () => {}, reject: () => {} });
+    this.kick();
   }
 
   private requestRotation(): Promise<void> {
@@ -327,6 +369,11 @@ export class Storage {
       throw err;
     }
     const old = this.current;
+    if (this.unsynced) {
+      // the new log starts synced; what the old one holds must be too
+      await old.fh.datasync();
+      this.unsynced = false;
+    }
     if (this.tailDirty) {
       // Best effort: if this fails the old file keeps a garbage tail, and
       // recovery will treat it as damaged and salvage its good records.

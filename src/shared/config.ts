@@ -22,6 +22,7 @@ export const SETTINGS = {
   RECONNECT_MAX_MS: '1000',
   // coordinator
   HTTP_PORT: '8080',
+  COORDINATOR_ID: '',
   COUNTERS: '127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003',
   API_KEY: '',
   BODY_LIMIT: String(1024 * 1024),
@@ -35,6 +36,7 @@ export const SETTINGS = {
   DATA_DIR: './data',
   ADVERTISE_ADDRESS: '',
   ANTI_ENTROPY_MS: '3000',
+  GOSSIP_DELAY_MS: '5',
   COMPACT_BYTES: String(64 * 1024 * 1024),
   // local launcher
   COUNTER_COUNT: '3',
@@ -161,6 +163,7 @@ export interface CounterConfig extends CommonConfig {
   dataDir: string;
   advertiseAddress: string;
   antiEntropyMs: number;
+  gossipDelayMs: number;
   compactBytes: number;
 }
 
@@ -179,6 +182,7 @@ export function counterConfig(env: Env): Readonly<CounterConfig> {
     dataDir: r.str('DATA_DIR'),
     advertiseAddress: advertised || `${c.host === '0.0.0.0' || c.host === '::' ? os.hostname() : c.host}:${port}`,
     antiEntropyMs: r.int('ANTI_ENTROPY_MS', 100, 5_000),
+    gossipDelayMs: r.int('GOSSIP_DELAY_MS', 0, 1_000),
     compactBytes: r.int('COMPACT_BYTES', 64 * 1024, 2 ** 40),
   });
 }
@@ -191,6 +195,8 @@ const FRAME_HEADROOM_BYTES = 1024;
 
 export interface CoordinatorConfig extends CommonConfig {
   port: number;
+  /** Picks this coordinator's home counter; coordinators with different ids spread over the counters. */
+  id: string;
   counters: Address[];
   apiKey: string;
   bodyLimit: number;
@@ -209,9 +215,11 @@ export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
         `Keep BODY_LIMIT at most MAX_MESSAGE_BYTES - ${FRAME_HEADROOM_BYTES} (and the same MAX_MESSAGE_BYTES on every process).`,
     );
   }
+  const port = r.port('HTTP_PORT');
   return Object.freeze({
     ...c,
-    port: r.port('HTTP_PORT'),
+    port,
+    id: r.str('COORDINATOR_ID') || `${os.hostname()}:${port}`,
     counters: r.addresses('COUNTERS', false),
     apiKey: r.str('API_KEY'),
     bodyLimit,
