@@ -131,7 +131,7 @@ export class CounterLink {
       const batch = this.takeBatch();
       const items = batch.length === 1 ? batch[0]!.items : batch.flatMap((q) => q.items);
       this.addsInFlight++;
-      this.request((reqId) => writeAdd(reqId, items)).then(
+      this.request((reqId) => writeAdd(reqId, items), true).then(
         () => {
           for (const q of batch) q.resolve(q.items.length);
         },
@@ -173,14 +173,15 @@ export class CounterLink {
     this.failAll('coordinator shutting down');
   }
 
-  private request(frame: (reqId: number) => Uint8Array): Promise<number> {
+  private request(frame: (reqId: number) => Uint8Array, now = false): Promise<number> {
     const sock = this.sock;
     if (!sock || !sock.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
     const reqId = this.nextReqId++;
     if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
     return new Promise<number>((resolve, reject) => {
       this.pending.set(reqId, { resolve, reject, deadline: Date.now() + this.config.counterTimeoutMs });
-      sock.send(frame(reqId));
+      if (now) sock.sendNow(frame(reqId));
+      else sock.send(frame(reqId));
     });
   }
 

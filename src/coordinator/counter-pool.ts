@@ -108,8 +108,8 @@ export class CounterPool {
   }
 
   /** Adds items on the home counter, or the next one that takes them; resolves once they are stored. */
-  add(items: readonly Item[]): Promise<void> {
-    return this.onFirstAvailable((link) => link.add(items), 'no counter can take the write right now').then(() => undefined);
+  add(items: readonly Item[]): Promise<number> {
+    return this.onFirstAvailable((link) => link.add(items), 'no counter can take the write right now');
   }
 
   count(tenant: string): Promise<number> {
@@ -117,25 +117,25 @@ export class CounterPool {
   }
 
   /** Runs `request` on the home counter, failing over in rendezvous order while counters are unavailable. */
-  private async onFirstAvailable<T>(request: (link: CounterLink) => Promise<T>, noneMessage: string): Promise<T> {
+  private onFirstAvailable(request: (link: CounterLink) => Promise<number>, noneMessage: string): Promise<number> {
     const first = this.home();
-    if (!first) throw new NoCounterAvailableError(noneMessage);
-    try {
-      return await request(first);
-    } catch (err) {
-      if (!(err instanceof CounterUnavailableError)) throw err;
-      this.log.debug({ counter: first.id, err: err.message }, 'failing over');
-      let lastErr = err;
-      for (const link of this.candidates(new Set([first]))) {
-        try {
-          return await request(link);
-        } catch (e) {
-          if (!(e instanceof CounterUnavailableError)) throw e;
-          lastErr = e;
-        }
+    if (!first) return Promise.reject(new NoCounterAvailableError(noneMessage));
+    return request(first).catch((err: unknown) => this.failOver(request, first, err));
+  }
+
+  private async failOver(request: (link: CounterLink) => Promise<number>, failed: CounterLink, err: unknown): Promise<number> {
+    if (!(err instanceof CounterUnavailableError)) throw err;
+    this.log.debug({ counter: failed.id, err: err.message }, 'failing over');
+    let lastErr = err;
+    for (const link of this.candidates(new Set([failed]))) {
+      try {
+        return await request(link);
+      } catch (e) {
+        if (!(e instanceof CounterUnavailableError)) throw e;
+        lastErr = e;
       }
-      throw new NoCounterAvailableError(`no counter answered: ${lastErr.message}`);
     }
+    throw new NoCounterAvailableError(`no counter answered: ${lastErr.message}`);
   }
 
   close(): void {

@@ -41,3 +41,9 @@ export const countResponse = {
   required: ['count'],
   properties: { count: { type: 'integer' } },
 } as const;
+
+export const postItemsResponse = {
+  type: 'object',
+  required: ['accepted'],
+  properties: { accepted: { type: 'integer' } },
+} as const;

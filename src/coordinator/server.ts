@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { bearerMatches } from '../shared/secret.ts';
 import type { Item } from '../protocol/messages.ts';
-import { countParams, countResponse, postItemsBody } from './schemas.ts';
+import { countParams, countResponse, postItemsBody, postItemsResponse } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
@@ -27,7 +27,7 @@ const ALLOWED: [RegExp, string][] = [
 type Req = FastifyRequest & { singleItem?: boolean };
 
 /** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
-export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'add' | 'count'>;
+export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & { add(items: readonly Item[]): Promise<unknown> };
 
 export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
   const app: FastifyInstance = Fastify({
@@ -42,6 +42,8 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     frameworkErrors: handleError,
     // and so do requests Node's HTTP parser refuses (garbage, 431, 408)
     clientErrorHandler,
+    // request logging is off, so a child logger per request would only cost time
+    childLoggerFactory: (logger) => logger,
     // extra properties are rejected, never silently dropped; nothing is coerced
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
@@ -50,12 +52,19 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
 
   // JSON only: no text/plain parser (a wrong Content-Type is a 415, not a confusing 400)
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req: Req, body, done) => {
+    let parsed: unknown;
     try {
-      done(null, parseJsonBody(req.headers['content-type'], body as Buffer));
+      parsed = parseJsonBody(req.headers['content-type'], body as Buffer);
     } catch (err) {
-      done(err as Error, undefined);
+      return done(err as Error, undefined);
     }
+    // one item is validated and stored as a batch of one (error messages still speak of "the body")
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+      req.singleItem = true;
+      parsed = [parsed];
+    }
+    done(null, parsed);
   });
 
   app.setNotFoundHandler((req, reply) => {
@@ -88,15 +97,7 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   app.get('/counters', async () => pool.view());
 
   app.post<{ Body: Item[] }>('/items', {
-    schema: { body: postItemsBody(config.maxBatch) },
-    preValidation: (req: Req, _reply, done) => {
-      const b = req.body as unknown;
-      if (b !== null && typeof b === 'object' && !Array.isArray(b)) {
-        req.singleItem = true;
-        req.body = [b] as Item[];
-      }
-      done();
-    },
+    schema: { body: postItemsBody(config.maxBatch), response: { 200: postItemsResponse } },
     handler: async (req, reply) => {
       try {
         await pool.add(req.body);

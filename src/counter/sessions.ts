@@ -64,7 +64,8 @@ export class CoordinatorSessions {
           return sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
         }
         this.counter.add(items).then(
-          () => sock.send(writeReply(reqId, ReplyStatus.Ok, items.length)),
+          // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
+          () => sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length)),
           (err: Error) => sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message)),
         );
         return;

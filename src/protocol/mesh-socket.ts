@@ -62,17 +62,36 @@ export class MeshSocket {
     if (!this.open) return;
     if (!this.corked) {
       // frames sent during one event-loop turn (many replies, many requests) leave in one syscall
-      const raw = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+      const raw = this.raw;
       if (raw) {
         this.corked = true;
         raw.cork();
         setImmediate(() => {
+          if (!this.corked) return;
           this.corked = false;
           raw.uncork();
         });
       }
     }
     this.ws.send(frame);
+  }
+
+  /**
+   * Sends the frame and whatever this turn corked right away. For a frame someone is waiting on
+   * that is sent from a setImmediate callback (a flushed batch, an acknowledgment), where the cork
+   * would otherwise hold it until after the next poll phase has handled every pending request.
+   */
+  sendNow(frame: Uint8Array): void {
+    if (!this.open) return;
+    this.ws.send(frame);
+    if (this.corked) {
+      this.corked = false;
+      this.raw?.uncork();
+    }
+  }
+
+  private get raw(): { cork(): void; uncork(): void } | undefined {
+    return (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
   }
 
   /** Bytes queued in the socket but not yet sent: lets senders back off a slow peer. */

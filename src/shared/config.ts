@@ -36,7 +36,7 @@ export const SETTINGS = {
   DATA_DIR: './data',
   ADVERTISE_ADDRESS: '',
   ANTI_ENTROPY_MS: '3000',
-  GOSSIP_DELAY_MS: '5',
+  GOSSIP_DELAY_MS: '50',
   COMPACT_BYTES: String(64 * 1024 * 1024),
   // local launcher
   COUNTER_COUNT: '3',
