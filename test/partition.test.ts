@@ -1,6 +1,7 @@
 /**
  * Partitions on a real multi-process mesh (4 counters, 2 coordinators, fault proxies):
- * split brain, a restart during a partition, a blackholed write target, the seeds' kill scenario.
+ * split brain, two counters cut from each other, a restart during a partition, a blackholed write
+ * target, the seeds' kill scenario.
  * Every wait is bounded (waitFor / Mesh.waitConverged); nothing synchronises on a fixed sleep.
  */
 import { test } from 'uvu';
@@ -94,6 +95,24 @@ test('split brain: each side converges to its own writes only; after the heal ev
   await waitFor(async () => (await mesh.count('both', 0)) === expected.get('both') && (await mesh.count('both', 1)) === expected.get('both'), CONVERGE_MS, 'both coordinators to read the union');
 });
 
+test('two counters cut from each other: each still gets the other\'s writes through the counters that reach both', async () => {
+  mesh.partition([c0], [c1], 'reset');
+  for (const c of [c1, c2, c3]) mesh.isolateFromCoordinator(c, 'reset', 0);
+  await waitReadyIds(0, ['c0']);
+  assert.is(await mesh.post(items('relay', 15), 0), 200, 'c0 takes the write');
+  // c0 announces (awareness) that it no longer reaches c1, so c2 and c3 forward c0's updates to c1
+  // (and anti-entropy between c1 and them would repair a miss); the c0-c1 cut stays throughout
+  await waitCount([c1, c2, c3], 'relay', 15);
+  for (const c of [c1, c2, c3]) c.proxy.healFrom([mesh.coordinators[0]!.host]);
+  mesh.isolateFromCoordinator(c0, 'reset', 0);
+  for (const c of [c2, c3]) mesh.isolateFromCoordinator(c, 'reset', 0);
+  await waitReadyIds(0, ['c1']);
+  assert.is(await mesh.post(items('relay', 10), 0), 200, 'c1 takes the write');
+  await waitCount([c0, c2, c3], 'relay', 25);
+  await healAll();
+  await mesh.waitConverged(expected, CONVERGE_MS);
+});
+
 test('a counter restarted during a partition keeps what it acknowledged and converges after the heal', async () => {
   mesh.partition([c0, c1], [c2, c3], 'blackhole');
   // the coordinator can reach c3 only, so c3 takes (and fsyncs) the first batch
@@ -119,7 +138,7 @@ test('a blackholed write target: writes fail over within the counter timeout and
   const coordinatorHost = mesh.coordinators[0]!.host;
   const bound = COUNTER_TIMEOUT_MS + 2 * HEARTBEAT_MS + 1000;
   let slowest = 0;
-  // blackhole the coordinator's link to each counter in turn: one of them is the tenant's rendezvous pick
+  // blackhole the coordinator's link to each counter in turn: one of them is its home counter
   for (const target of mesh.counters) {
     mesh.isolateFromCoordinator(target, 'blackhole', 0);
     for (let i = 0; i < 4; i++) {
@@ -133,7 +152,7 @@ test('a blackholed write target: writes fail over within the counter timeout and
     await waitReadyIds(0, mesh.counters.map((c) => c.id));
   }
   // the write sent into the blackhole waits for the request timeout or the heartbeat (two silent beats), whichever is first
-  assert.ok(slowest >= HEARTBEAT_MS - 100, `one write hit the tenant's blackholed counter and had to fail over (slowest ${slowest} ms)`);
+  assert.ok(slowest >= HEARTBEAT_MS - 100, `one write hit the blackholed home counter and had to fail over (slowest ${slowest} ms)`);
   await healAll();
   await mesh.waitConverged(expected, CONVERGE_MS);
   assert.is(await mesh.count('blackhole', 0), expected.get('blackhole'));
