@@ -21,10 +21,10 @@ import { once } from 'node:events';
 const LOG_MAGIC = Buffer.from('CMLOG001', 'latin1');
 const SNAP_MAGIC = Buffer.from('CMSNAP01', 'latin1');
 const HEADER_BYTES = 8;
+const FRAME_HEAD_BYTES = 8;
 const EMPTY = Buffer.alloc(0);
 /** A peer's updates written without a sync are synced at most this much later. */
 const LAZY_SYNC_MS = 1000;
-const FRAME_HEAD_BYTES = 8;
 const SNAPSHOT_NAME = 'snapshot.ydoc';
 const SNAPSHOT_TMP_NAME = 'snapshot.ydoc.tmp';
 const LOCK_NAME = 'counter.lock';
@@ -305,6 +305,8 @@ export class Storage {
       if (batch.some((p) => p.durable)) {
         await cur.fh.datasync();
         this.unsynced = false;
+        if (this.lazySync) clearTimeout(this.lazySync);
+        this.lazySync = null;
       } else if (!this.unsynced) {
         this.unsynced = true;
         this.lazySync = setTimeout(() => this.syncLater(), LAZY_SYNC_MS);

@@ -77,9 +77,9 @@ export class MeshSocket {
   }
 
   /**
-   * Sends the frame and whatever this turn corked right away. For a frame someone is waiting on
-   * that is sent from a setImmediate callback (a flushed batch, an acknowledgment), where the cork
-   * would otherwise hold it until after the next poll phase has handled every pending request.
+   * Sends the frame, and whatever this turn corked, right away: for a frame someone is waiting on
+   * (a flushed batch, an acknowledgment). Corked, it would wait for the check phase, behind every
+   * other event of this poll phase; sent from a setImmediate callback, behind the next poll phase.
    */
   sendNow(frame: Uint8Array): void {
     if (!this.open) return;
