@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import * as Y from 'yjs';
 import { DataDirLockedError, Storage, type Recovered } from '../src/counter/storage.ts';
+import { waitFor } from '../src/shared/wait.ts';
 
 const log = pino({ level: 'silent' });
 const dirs: string[] = [];
@@ -342,6 +343,34 @@ test('write failure: appends reject, health flips, the next round recovers', asy
   assert.is(again.recovered.tornTail, false);
   assert.equal(again.recovered.damaged, []);
   assert.equal(again.recovered.updates, [...updates.slice(0, 2), ...updates.slice(4)]);
+  await again.storage.close();
+});
+
+test('non-durable appends (a peer\'s updates) resolve without an fdatasync; a lazy sync follows, and a durable append syncs them at once', async () => {
+  const dir = tempDir();
+  const { text, updates } = makeDoc();
+  writeItems(text, 0, 6);
+  const { storage } = await open(dir);
+  // white-box: count the syncs of the current log
+  const fh = (storage as unknown as { current: { fh: FileHandle } }).current.fh;
+  let syncs = 0;
+  const realSync = fh.datasync.bind(fh);
+  fh.datasync = () => {
+    syncs++;
+    return realSync();
+  };
+  for (const u of updates.slice(0, 3)) await storage.append(u, false);
+  assert.is(syncs, 0, 'no sync waited for');
+  await waitFor(() => syncs === 1, 5000, 'the lazy sync within LAZY_SYNC_MS');
+  await storage.append(updates[3]!, false);
+  await storage.append(updates[4]!);
+  assert.is(syncs, 2, 'the durable append synced (covering the non-durable one before it)');
+  await storage.append(updates[5]!, false);
+  await storage.close();
+  assert.is(syncs, 3, 'close syncs what is left');
+
+  const again = await open(dir);
+  assert.equal(again.recovered.updates, updates);
   await again.storage.close();
 });
 
