@@ -6,7 +6,7 @@
  */
 import Fastify from 'fastify';
 
-const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, maxParamLength: 8192 });
+const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, routerOptions: { maxParamLength: 8192 } });
 app.post('/items', async (req) => {
   const body = req.body as unknown;
   return { accepted: Array.isArray(body) ? body.length : 1 };
