@@ -214,6 +214,7 @@ const BAD: [(env: Env) => unknown, Env, string][] = [
   [counterConfig, { PEERS: 'nope' }, 'PEERS'],
   [counterConfig, { ADVERTISE_ADDRESS: 'no-port' }, 'ADVERTISE_ADDRESS'],
   [counterConfig, { ANTI_ENTROPY_MS: '60000' }, 'ANTI_ENTROPY_MS'],
+  [counterConfig, { GOSSIP_DELAY_MS: '5000' }, 'GOSSIP_DELAY_MS'],
   [counterConfig, { COMPACT_BYTES: '10' }, 'COMPACT_BYTES'],
   [counterConfig, { RECONNECT_MAX_MS: 'soon' }, 'RECONNECT_MAX_MS'],
   [launcherConfig, { COUNTER_COUNT: '0' }, 'COUNTER_COUNT'],
@@ -227,6 +228,14 @@ test('a bad value throws a ConfigError naming the variable and the value', () =>
     assert.ok(message.startsWith(`${name}=`), `${JSON.stringify(env)}: ${message}`);
     assert.ok(message.includes(JSON.stringify(env[name])), `${JSON.stringify(env)}: the message shows the value: ${message}`);
   }
+});
+
+test('node ids longer than a hello may carry are refused at start; the defaults name host and port', () => {
+  const long = 'x'.repeat(1025);
+  assert.match(configError(() => counterConfig({ COUNTER_ID: long })), /^COUNTER_ID is 1025 characters long; use at most 1024/);
+  assert.match(configError(() => coordinatorConfig({ COORDINATOR_ID: long })), /^COORDINATOR_ID is 1025 characters long; use at most 1024/);
+  assert.is(coordinatorConfig({ COORDINATOR_ID: 'x'.repeat(1024) }).id.length, 1024);
+  assert.is(coordinatorConfig({ HTTP_PORT: '8099' }).id, `${os.hostname()}:8099`);
 });
 
 test('whitespace around a number is accepted', () => {

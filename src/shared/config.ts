@@ -44,6 +44,9 @@ export const SETTINGS = {
 } as const;
 export type SettingName = keyof typeof SETTINGS;
 
+/** The protocol's bound on a hello's node id (PROTOCOL.md, node-id). */
+const MAX_NODE_ID_CHARS = 1024;
+
 /**
  * The environment the process runs with: `.env` in the working directory (when present) under
  * the real environment, under `--flag value` / `--flag=value` options (`--http-port` sets HTTP_PORT).
@@ -91,6 +94,13 @@ export function parseFlags(argv: readonly string[]): Env {
 
 class Reader {
   constructor(private readonly env: Env) {}
+  /** A node id, sent in every hello: the other side refuses one longer than the protocol allows. */
+  id(name: 'COUNTER_ID' | 'COORDINATOR_ID', fallback: string): string {
+    const v = this.str(name) || fallback;
+    if (v.length > MAX_NODE_ID_CHARS) throw new ConfigError(`${name} is ${v.length} characters long; use at most ${MAX_NODE_ID_CHARS}`);
+    return v;
+  }
+
   str(name: SettingName): string {
     return this.env[name] ?? SETTINGS[name];
   }
@@ -177,7 +187,7 @@ export function counterConfig(env: Env): Readonly<CounterConfig> {
   return Object.freeze({
     ...c,
     port,
-    id: r.str('COUNTER_ID') || `${os.hostname()}:${port}`,
+    id: r.id('COUNTER_ID', `${os.hostname()}:${port}`),
     peers: r.addresses('PEERS', true),
     dataDir: r.str('DATA_DIR'),
     advertiseAddress: advertised || `${c.host === '0.0.0.0' || c.host === '::' ? os.hostname() : c.host}:${port}`,
@@ -219,7 +229,7 @@ export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
   return Object.freeze({
     ...c,
     port,
-    id: r.str('COORDINATOR_ID') || `${os.hostname()}:${port}`,
+    id: r.id('COORDINATOR_ID', `${os.hostname()}:${port}`),
     counters: r.addresses('COUNTERS', false),
     apiKey: r.str('API_KEY'),
     bodyLimit,
