@@ -47,8 +47,6 @@ export class CounterPool {
   private readonly links = new Map<string, CounterLink>();
   /** Links made from members' announcements rather than from COUNTERS. */
   private readonly learned = new Set<CounterLink>();
-  /** Rendezvous weight by counter id. */
-  private readonly weights = new Map<string, number>();
   private readonly refresh: NodeJS.Timeout;
 
   constructor(private readonly config: Readonly<CoordinatorConfig>, private readonly log: Logger) {
@@ -100,11 +98,9 @@ export class CounterPool {
     return best;
   }
 
+  /** Rendezvous weight of a counter for this coordinator. */
   private weight(link: CounterLink): number {
-    const id = link.id;
-    let w = this.weights.get(id);
-    if (w === undefined) this.weights.set(id, (w = hash32(`${this.config.id}\u0000${id}`)));
-    return w;
+    return hash32(`${this.config.id}\u0000${link.id}`);
   }
 
   /** Adds items on the home counter, or the next one that takes them; resolves once they are stored. */

@@ -231,10 +231,17 @@ export class Gossip {
   /** Announces who we are connected to (by id), so peers know whom they need not forward to. */
   private publishLinks(): void {
     if (this.closed) return;
-    const peers = [...new Set([...this.peers].map((p) => p.id).filter((id): id is string => id !== null))].sort();
+    const peers = [...this.connectedPeerIds()].sort();
     const current = (this.awareness.getLocalState() as { peers?: string[] } | null)?.peers;
     if (current && current.join('\u0000') === peers.join('\u0000')) return;
     this.awareness.setLocalStateField('peers', peers);
+  }
+
+  /** Ids of the peers linked to us (after their hello); two sockets to one peer count once. */
+  private connectedPeerIds(): Set<string> {
+    const ids = new Set<string>();
+    for (const p of this.peers) if (p.id !== null) ids.add(p.id);
+    return ids;
   }
 
   private announcedLinks(): Map<string, ReadonlySet<string>> {
@@ -249,7 +256,7 @@ export class Gossip {
 
   /** Dial members we learned of and hold no connection to; forget learned ones that left. */
   private reconcileDialers(): void {
-    const connectedIds = new Set([...this.peers].map((p) => p.id));
+    const connectedIds = this.connectedPeerIds();
     const memberAddresses = new Set<string>();
     for (const m of this.members()) {
       if (m.id === this.config.id) continue;

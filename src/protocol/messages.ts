@@ -136,9 +136,10 @@ export function writeStatus(s: Status): Uint8Array {
   return frame(MessageType.Status, (e) => encoding.writeVarString(e, JSON.stringify(s)));
 }
 
-const MAX_FIELD = 1024;
+/** The bound on a node id, an address and a Count's tenant, in characters. */
+export const MAX_WIRE_FIELD_CHARS = 1024;
 
-function readBoundedString(d: decoding.Decoder, what: string, max = MAX_FIELD): string {
+function readBoundedString(d: decoding.Decoder, what: string, max = MAX_WIRE_FIELD_CHARS): string {
   const s = decoding.readVarString(d);
   if (s.length > max) throw new ProtocolError(`${what} longer than ${max} characters`);
   return s;

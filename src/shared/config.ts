@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { parseAddressList, type Address } from './address.ts';
+import { MAX_WIRE_FIELD_CHARS } from '../protocol/messages.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -44,8 +45,6 @@ export const SETTINGS = {
 } as const;
 export type SettingName = keyof typeof SETTINGS;
 
-/** The protocol's bound on a hello's node id (PROTOCOL.md, node-id). */
-const MAX_NODE_ID_CHARS = 1024;
 
 /**
  * The environment the process runs with: `.env` in the working directory (when present) under
@@ -97,7 +96,7 @@ class Reader {
   /** A node id, sent in every hello: the other side refuses one longer than the protocol allows. */
   id(name: 'COUNTER_ID' | 'COORDINATOR_ID', fallback: string): string {
     const v = this.str(name) || fallback;
-    if (v.length > MAX_NODE_ID_CHARS) throw new ConfigError(`${name} is ${v.length} characters long; use at most ${MAX_NODE_ID_CHARS}`);
+    if (v.length > MAX_WIRE_FIELD_CHARS) throw new ConfigError(`${name} is ${v.length} characters long; use at most ${MAX_WIRE_FIELD_CHARS}`);
     return v;
   }
 
