@@ -29,7 +29,10 @@ class FakePool implements PoolApi {
     this.adds.push([...items]);
     for (const it of items) {
       let s = this.sets.get(it.tenant);
-      if (!s) this.sets.set(it.tenant, (s = new Set()));
+      if (!s) {
+        s = new Set();
+        this.sets.set(it.tenant, s);
+      }
       s.add(it.id);
     }
   }
@@ -73,7 +76,7 @@ interface ErrorBody {
 
 async function send(opts: InjectOptions, target = app) {
   const res = await target.inject(opts);
-  let body: unknown = undefined;
+  let body: unknown ;
   if (res.body) body = JSON.parse(res.body);
   return { status: res.statusCode, headers: res.headers, body: body as Record<string, unknown> & Partial<ErrorBody> };
 }
@@ -220,8 +223,8 @@ test('a huge body (over the default 1 MiB) → 413 BODY_TOO_LARGE', async () => 
 test('deeply nested arrays and objects → 400, never a stack overflow', async () => {
   const depth = 200_000;
   await rejects(post('['.repeat(depth) + ']'.repeat(depth)), 400, /^item 0 must be an object/);
-  await rejects(post('{"id":'.repeat(depth / 10) + '"x"' + '}'.repeat(depth / 10)), 400, /^body must have required property 'tenant'/);
-  await rejects(post('{"tenant":"t","id":'.repeat(depth / 20) + '"x"' + '}'.repeat(depth / 20)), 400, /^id must be string/);
+  await rejects(post(`${'{"id":'.repeat(depth / 10)}"x"${'}'.repeat(depth / 10)}`), 400, /^body must have required property 'tenant'/);
+  await rejects(post(`${'{"tenant":"t","id":'.repeat(depth / 20)}"x"${'}'.repeat(depth / 20)}`), 400, /^id must be string/);
   await rejects(post('['.repeat(depth)), 400, /not valid JSON/);
 });
 

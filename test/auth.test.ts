@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import WebSocket from 'ws';
-import { Mesh, MeshProcess, freePort, type CounterNode } from '../examples/lib/mesh.ts';
+import { Mesh, MeshProcess, freePort, type CounterNode } from './support/mesh.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { ConfigError, counterConfig, coordinatorConfig } from '../src/shared/config.ts';
 import { MessageType, readMessage, writeCount, writeHello, type Message } from '../src/protocol/messages.ts';

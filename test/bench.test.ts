@@ -1,4 +1,4 @@
-/** `counter-mesh bench --smoke`: every figure is produced, as finite positive numbers, under the documented keys. */
+/** `npm run bench -- --smoke`: every figure is produced, as finite positive numbers, under the documented keys. */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const BENCH = fileURLToPath(new URL('../tools/bench/main.ts', import.meta.url));
 const TIMEOUT_MS = 90_000;
 
 const SHAPE: Record<string, string[]> = {
@@ -23,7 +23,7 @@ const SHAPE: Record<string, string[]> = {
 
 function runCli(args: string[]): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, ['--import', 'tsx', BENCH, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     proc.stdout.on('data', (d: Buffer) => (output += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (output += d.toString()));
@@ -39,7 +39,7 @@ test('bench --smoke writes every figure as finite positive numbers', async () =>
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-bench-test-'));
   const out = path.join(dir, 'bench.json');
   try {
-    const { code, output } = await runCli(['bench', '--smoke', '--out', out]);
+    const { code, output } = await runCli(['--smoke', '--out', out]);
     assert.is(code, 0, `bench exited with ${code}:\n${output.slice(-3000)}`);
     const figures = JSON.parse(fs.readFileSync(out, 'utf8')) as Record<string, Record<string, unknown>>;
     assert.equal(Object.keys(figures).sort(), Object.keys(SHAPE).sort(), 'top-level keys');

@@ -1,9 +1,9 @@
 /** A short chaos run in-process: kills, partitions, coordinator cuts; nothing acknowledged is lost. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chaos } from '../examples/chaos/run.ts';
-import { formatReport } from '../examples/chaos/main.ts';
-import { planFaults } from '../examples/chaos/schedule.ts';
+import { chaos } from '../tools/chaos/run.ts';
+import { formatReport } from '../tools/chaos/main.ts';
+import { planFaults } from '../tools/chaos/schedule.ts';
 
 test('the fault schedule is a function of the seed', () => {
   assert.equal(planFaults(7, 3, 60_000), planFaults(7, 3, 60_000));

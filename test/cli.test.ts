@@ -18,7 +18,7 @@ import { waitFor } from '../src/shared/wait.ts';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
 const BIN = path.join(ROOT, 'bin', 'counter-mesh.mjs');
-const COMMANDS = ['up', 'coordinator', 'counter', 'chaos', 'bench'];
+const COMMANDS = ['up', 'coordinator', 'counter'];
 
 /**
  * Every setting at its default, so a developer's `.env` in the repository (which the CLI reads
@@ -211,7 +211,7 @@ test('up: serves the API, restarts a SIGKILLed counter which catches up, and sto
   const httpPort = await freePorts(1);
   const basePort = await freePorts(2);
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-cli-'));
-  const u = (up = startUp({
+  up = startUp({
     COUNTER_COUNT: '2',
     COUNTER_BASE_PORT: String(basePort),
     HTTP_PORT: String(httpPort),
@@ -222,7 +222,8 @@ test('up: serves the API, restarts a SIGKILLed counter which catches up, and sto
     HEARTBEAT_MS: '500',
     RECONNECT_MAX_MS: '200',
     ANTI_ENTROPY_MS: '500',
-  }));
+  });
+  const u = up;
   const api = `http://127.0.0.1:${httpPort}`;
   const counterUrl = (i: number, p: string) => `http://127.0.0.1:${basePort + i}${p}`;
   const tenant = 'acme/eu west'; // needs percent-encoding in the URL

@@ -13,13 +13,13 @@ import {
   SETTINGS,
   coordinatorConfig,
   counterConfig,
-  isLoopback,
   launcherConfig,
   loadEnv,
   parseDotEnv,
   parseFlags,
   type Env,
 } from '../src/shared/config.ts';
+import { isLoopback } from '../src/shared/address.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const NO_FILE = path.join(os.tmpdir(), 'counter-mesh-no-such-env-file');

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Mesh, type CounterNode } from '../examples/lib/mesh.ts';
+import { Mesh, type CounterNode } from './support/mesh.ts';
 import { waitFor } from '../src/shared/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FaultProxy } from '../examples/chaos/fault-proxy.ts';
+import { FaultProxy } from './support/fault-proxy.ts';
 
 const A = '127.0.0.5';
 const B = '127.0.0.6';

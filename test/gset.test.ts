@@ -5,7 +5,7 @@ import * as Y from 'yjs';
 import pino from 'pino';
 import { GSet, SEGMENT_UNITS, type Origin } from '../src/counter/gset.ts';
 import { decodeRecords, encodeRecord } from '../src/counter/records.ts';
-import { mulberry32 } from '../examples/chaos/prng.ts';
+import { mulberry32 } from './support/prng.ts';
 
 const log = pino({ level: 'silent' });
 const SEED = Number(process.env.SEED ?? Date.now() % 100000);

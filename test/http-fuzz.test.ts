@@ -12,8 +12,8 @@
 import net from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Mesh } from '../examples/lib/mesh.ts';
-import { mulberry32 } from '../examples/chaos/prng.ts';
+import { Mesh } from './support/mesh.ts';
+import { mulberry32 } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`http-fuzz: SEED=${SEED}`);
@@ -74,7 +74,10 @@ function oracle(body: Buffer): Item[] | null {
 function remember(items: Item[]): void {
   for (const { id, tenant } of items) {
     let s = model.get(tenant);
-    if (!s) model.set(tenant, (s = new Set()));
+    if (!s) {
+      s = new Set();
+      model.set(tenant, s);
+    }
     s.add(id);
   }
 }

@@ -1,10 +1,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { IdIndex } from '../src/counter/id-index.ts';
-import { mulberry32 as prng } from '../examples/chaos/prng.ts';
+import { mulberry32 as prng } from './support/prng.ts';
 
 
-const envSeed = process.env['SEED'];
+const envSeed = process.env.SEED;
 const SEED = envSeed !== undefined && envSeed !== '' ? Number(envSeed) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 console.log(`id-index property test SEED=${SEED} (rerun with SEED=${SEED})`);
 

@@ -1,7 +1,7 @@
 /** Multi-process mesh on loopback: replication, failover on SIGKILL, catch-up, membership. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Mesh } from '../examples/lib/mesh.ts';
+import { Mesh } from './support/mesh.ts';
 import { waitFor } from '../src/shared/wait.ts';
 
 let mesh: Mesh;

@@ -6,7 +6,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Mesh, type CounterNode } from '../examples/lib/mesh.ts';
+import { Mesh, type CounterNode } from './support/mesh.ts';
 import { waitFor } from '../src/shared/wait.ts';
 
 /** Matches the Mesh environment: HEARTBEAT_MS 500, COUNTER_TIMEOUT_MS 1500. */

@@ -20,7 +20,7 @@ import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
-import { Mesh, type CounterNode } from '../examples/lib/mesh.ts';
+import { Mesh, type CounterNode } from './support/mesh.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { encodeRecord } from '../src/counter/records.ts';
 import {
@@ -35,7 +35,7 @@ import {
   writeStatus,
   writeSync,
 } from '../src/protocol/messages.ts';
-import { mulberry32 } from '../examples/chaos/prng.ts';
+import { mulberry32 } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`ws-fuzz: SEED=${SEED}`);

@@ -1,4 +1,4 @@
-/** Usage texts (chaos and bench print their own); settings are environment variables (or `.env`), and `--some-setting value` flags override them. */
+/** Usage texts; settings are environment variables (or `.env`), and `--some-setting value` flags override them. */
 export const HELP = `counter-mesh — per-tenant item counting on a mesh of Yjs G-Set counters
 
 Usage: counter-mesh <command> [--setting value ...]
@@ -7,11 +7,10 @@ Commands:
   up           the whole mesh on this machine: coordinator + COUNTER_COUNT counters (npm start)
   coordinator  the REST API (one process, as a container runs it)
   counter      one counter (one process, as a container runs it)
-  chaos        start a private mesh, write through it while killing and partitioning counters, check nothing is lost
-  bench        benchmark a private mesh against a minimal fastify ceiling
 
 Every setting is an environment variable (see .env.dist); a flag --http-port 8081 sets HTTP_PORT.
 Run counter-mesh <command> --help for the settings each command reads.
+Tools (from a clone of the repository): npm run chaos -- --help, npm run bench -- --help.
 `;
 
 const TEXTS: Record<string, string> = {

@@ -1,5 +1,5 @@
 /**
- * `counter-mesh <command>`: up, coordinator, counter, chaos, bench.
+ * `counter-mesh <command>`: up, coordinator, counter. (The chaos and bench tools live in tools/ and run on their own.)
  */
 import { ConfigError, coordinatorConfig, counterConfig, launcherConfig, loadEnv } from '../shared/config.ts';
 import { createLogger } from '../shared/log.ts';
@@ -11,7 +11,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return command ? 0 : 1;
   }
-  if ((rest.includes('--help') || rest.includes('-h')) && command !== 'chaos' && command !== 'bench') {
+  if ((rest.includes('--help') || rest.includes('-h'))) {
     const text = commandHelp(command);
     if (!text) throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
     process.stdout.write(text);
@@ -36,14 +36,6 @@ async function main(argv: string[]): Promise<number> {
       const env = loadEnv(rest);
       const { runUp } = await import('./up.ts');
       return runUp(launcherConfig(env), env);
-    }
-    case 'chaos': {
-      const { runChaos } = await import('../../examples/chaos/main.ts');
-      return runChaos(rest);
-    }
-    case 'bench': {
-      const { runBench } = await import('../../examples/bench/main.ts');
-      return runBench(rest);
     }
     default:
       throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);

@@ -89,7 +89,7 @@ export class CounterLink {
 
   /** Connected and heard from within two heartbeats. */
   get reachable(): boolean {
-    return this.sock !== null && this.sock.alive && !this.suspect;
+    return this.sock?.alive === true && !this.suspect;
   }
 
   /** Reachable and ready to take requests. */
@@ -175,7 +175,7 @@ export class CounterLink {
 
   private request(frame: (reqId: number) => Uint8Array, now = false): Promise<number> {
     const sock = this.sock;
-    if (!sock || !sock.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
+    if (!sock?.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
     const reqId = this.nextReqId++;
     if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
     return new Promise<number>((resolve, reject) => {

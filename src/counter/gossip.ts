@@ -184,7 +184,10 @@ export class Gossip {
 
   private readonly onDocUpdate = (update: Uint8Array, origin: Origin): void => {
     if (this.peers.size === 0) return;
-    if (this.config.gossipDelayMs === 0) return this.forward([update], origin);
+    if (this.config.gossipDelayMs === 0) {
+      this.forward([update], origin);
+      return;
+    }
     const pending = this.outbox.get(origin);
     if (pending) pending.push(update);
     else this.outbox.set(origin, [update]);
@@ -251,7 +254,8 @@ export class Gossip {
       const s = state as { id?: unknown; peers?: unknown };
       if (typeof s.id === 'string' && Array.isArray(s.peers)) linksOf.set(s.id, new Set(s.peers.filter((x): x is string => typeof x === 'string')));
     }
-    return (this.linksOf = linksOf);
+    this.linksOf = linksOf;
+    return linksOf;
   }
 
   /** Dial members we learned of and hold no connection to; forget learned ones that left. */

@@ -91,7 +91,8 @@ export class GSet {
       this.segment = 0;
       this.target = null;
     }
-    let target = (this.target ??= this.doc.getText(this.segmentName()));
+    this.target ??= this.doc.getText(this.segmentName());
+    let target = this.target;
     if (target.length + text.length > SEGMENT_UNITS) {
       this.segment++;
       target = this.target = this.doc.getText(this.segmentName());

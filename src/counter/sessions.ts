@@ -58,10 +58,14 @@ export class CoordinatorSessions {
     switch (msg.type) {
       case MessageType.Add: {
         const { reqId, items } = msg;
-        if (!this.counter.ready) return sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+        if (!this.counter.ready) {
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
         const bad = items.findIndex((it) => !isValidItem(it));
         if (bad >= 0 || items.length === 0) {
-          return sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
+          sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
+          return;
         }
         this.counter.add(items).then(
           // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
@@ -71,8 +75,12 @@ export class CoordinatorSessions {
         return;
       }
       case MessageType.Count:
-        if (!this.counter.ready) return sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
-        return sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
+        if (!this.counter.ready) {
+          sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
+        sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
+        return;
       case MessageType.Hello:
         return; // a repeated hello changes nothing
       default:

@@ -4,7 +4,7 @@
  */
 import WebSocket from 'ws';
 import type { Logger } from 'pino';
-import { isLoopback } from '../shared/config.ts';
+import { isLoopback } from '../shared/address.ts';
 
 export const MESH_PATH = '/mesh';
 

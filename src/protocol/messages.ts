@@ -4,6 +4,7 @@
  * Types are numbered once and never renumbered.
  */
 import * as encoding from 'lib0/encoding';
+import { MAX_WIRE_FIELD_CHARS } from '../shared/limits.ts';
 import * as decoding from 'lib0/decoding';
 
 export const MessageType = {
@@ -136,8 +137,7 @@ export function writeStatus(s: Status): Uint8Array {
   return frame(MessageType.Status, (e) => encoding.writeVarString(e, JSON.stringify(s)));
 }
 
-/** The bound on a node id, an address and a Count's tenant, in characters. */
-export const MAX_WIRE_FIELD_CHARS = 1024;
+export { MAX_WIRE_FIELD_CHARS };
 
 function readBoundedString(d: decoding.Decoder, what: string, max = MAX_WIRE_FIELD_CHARS): string {
   const s = decoding.readVarString(d);

@@ -4,8 +4,8 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import { parseAddressList, type Address } from './address.ts';
-import { MAX_WIRE_FIELD_CHARS } from '../protocol/messages.ts';
+import { isLoopback, parseAddressList, type Address } from './address.ts';
+import { MAX_WIRE_FIELD_CHARS } from './limits.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -152,9 +152,6 @@ function common(r: Reader): CommonConfig {
   };
 }
 
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
 
 function requireSecretOffLoopback(c: CommonConfig, who: string): void {
   if (!c.clusterSecret && !isLoopback(c.host)) {

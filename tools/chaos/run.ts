@@ -3,8 +3,8 @@
  * a seeded fault schedule (see schedule.ts), then heal, optional resend of unknown outcomes,
  * convergence, and the checks. `main.ts` parses flags and prints; tests call {@link chaos} directly.
  */
-import { Mesh, type CounterNode } from '../lib/mesh.ts';
-import { mulberry32, streamSeed } from './prng.ts';
+import { Mesh, type CounterNode } from '../../test/support/mesh.ts';
+import { mulberry32, streamSeed } from '../../test/support/prng.ts';
 import { FAULT_KINDS, describeFault, planFaults, type Fault, type FaultKind, type NetworkFault, type ProcessFault } from './schedule.ts';
 
 export interface ChaosOptions {

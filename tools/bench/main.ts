@@ -1,5 +1,5 @@
 /**
- * `counter-mesh bench`: measures the product against a do-nothing fastify ceiling.
+ * `npm run bench`: measures the product against a do-nothing fastify ceiling.
  *
  * One run starts, on loopback, a mesh (coordinator + 3 counters, product default settings,
  * acknowledgments after fsync) and a ceiling server in a child process, drives both with
@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Mesh, freePort } from '../lib/mesh.ts';
+import { Mesh, freePort } from '../../test/support/mesh.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
@@ -28,7 +28,7 @@ import { formatProfile, summarizeProfile } from './profile.ts';
 
 const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
 
-const USAGE = `Usage: counter-mesh bench [--smoke | --quick] [--out FILE] [options]
+const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options]
 
   --smoke              every figure for a few seconds at tiny sizes (no thresholds; used by the tests)
   --quick              about 1-2 minutes: 3 rounds of 3 s, 100,000 items for memory/restart/catch_up
@@ -648,7 +648,7 @@ const TARGETS: Target[] = [
   { key: 'partition_heal.ms', op: '<=', value: 2000, atItems: 10_000 },
 ];
 
-function lookup(f: Partial<Figures>, key: string): number | null | undefined {
+function _lookup(f: Partial<Figures>, key: string): number | null | undefined {
   const [group, field] = key.split('.') as [keyof Figures, string];
   const g = f[group] as Record<string, unknown> | undefined;
   const v = g?.[field];
@@ -693,7 +693,7 @@ export async function runBench(argv: string[]): Promise<number> {
     o = parseArgs(argv);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`counter-mesh bench: ${err.message}\n\n${USAGE}`);
+    process.stderr.write(`bench: ${err.message}\n\n${USAGE}`);
     return 2;
   }
   if (!o) {
@@ -767,7 +767,7 @@ export async function runBench(argv: string[]): Promise<number> {
     figures.machine = { cpus: os.cpus().length, node: process.version, date: new Date().toISOString() };
 
     const { text, misses } = formatTable(figures);
-    process.stdout.write(`\ncounter-mesh bench (${opts.mode}, ${((performance.now() - t0) / 1000).toFixed(0)} s, ${figures.machine.cpus} CPUs, Node ${figures.machine.node})\n\n${text}\n\n`);
+    process.stdout.write(`\nbench (${opts.mode}, ${((performance.now() - t0) / 1000).toFixed(0)} s, ${figures.machine.cpus} CPUs, Node ${figures.machine.node})\n\n${text}\n\n`);
     for (const n of notes) process.stdout.write(`- ${n}\n`);
     if (opts.out) {
       fs.writeFileSync(opts.out, `${JSON.stringify(figures, null, 2)}\n`);
@@ -856,4 +856,17 @@ async function compareMeshes(o: Options, root: string, secret: string, say: Say,
   }
   process.stdout.write(`\ndirect vs proxied mesh (medians of ${o.rounds} alternating rounds of ${o.roundS} s):\n${lines.join('\n')}\n`);
   return 0;
+}
+
+// Run as a script (`npm run bench -- ...`), not when imported by the tests.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  runBench(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: Error) => {
+      process.stderr.write(`${err.stack ?? err.message}\n`);
+      process.exitCode = 2;
+    },
+  );
 }

@@ -1,11 +1,12 @@
 /**
- * `counter-mesh chaos` / `npm run chaos`: a private mesh, writes through the coordinator while
+ * `npm run chaos`: a private mesh, writes through the coordinator while
  * counters are SIGKILLed and links cut on a seeded schedule, then heal, converge and check that no
  * acknowledged item was lost, nothing was invented and all counters agree. Exit 0 only if so.
  */
+import { fileURLToPath } from 'node:url';
 import { chaos, type ChaosOptions, type ChaosReport } from './run.ts';
 
-export const CHAOS_HELP = `Usage: counter-mesh chaos [options]
+export const CHAOS_HELP = `Usage: npm run chaos -- [options]
 
 Starts its own mesh (fresh temporary data folders, its own loopback addresses and ports, a TCP
 fault proxy in front of every counter), writes unique items through the coordinator while it
@@ -101,7 +102,7 @@ export function parseChaosArgs(argv: readonly string[]): Parsed {
         help = true;
         break;
       default:
-        throw new UsageError(`unknown option ${arg}; run counter-mesh chaos --help`);
+        throw new UsageError(`unknown option ${arg}; see npm run chaos -- --help`);
     }
   }
   return { options, json, help };
@@ -117,7 +118,7 @@ export function formatReport(r: ChaosReport): string {
   const lines: string[] = [];
   const w = r.writes;
   const env = Object.entries(o.env).map(([k, v]) => `${k}=${v}`).join(' ');
-  lines.push(`counter-mesh chaos — seed ${o.seed}, ${o.counters} counters, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants${env ? `, env ${env}` : ''}`);
+  lines.push(`chaos — seed ${o.seed}, ${o.counters} counters, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants${env ? `, env ${env}` : ''}`);
   lines.push('');
   lines.push('What is checked:');
   for (const c of r.checks) lines.push(`  - ${c}`);
@@ -179,7 +180,7 @@ export async function runChaos(argv: string[]): Promise<number> {
     parsed = parseChaosArgs(argv);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`counter-mesh chaos: ${err.message}\n`);
+    process.stderr.write(`chaos: ${err.message}\n`);
     return 2;
   }
   if (parsed.help) {
@@ -203,4 +204,17 @@ export async function runChaos(argv: string[]): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+// Run as a script (`npm run chaos -- ...`), not when imported by the tests.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  runChaos(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: Error) => {
+      process.stderr.write(`${err.stack ?? err.message}\n`);
+      process.exitCode = 2;
+    },
+  );
 }

@@ -10,8 +10,8 @@
  * partitioned). Times are planned offsets from the start of the writes; an episode whose start is
  * due while the previous one of its track still runs (a restart took longer) starts right after it.
  */
-import type { Cut } from './fault-proxy.ts';
-import { int, mulberry32, ms, pick, sample, streamSeed, type Rng } from './prng.ts';
+import type { Cut } from '../../test/support/fault-proxy.ts';
+import { int, mulberry32, ms, pick, sample, streamSeed, type Rng } from '../../test/support/prng.ts';
 
 export type ProcessFaultKind = 'kill' | 'kill-many';
 export type NetworkFaultKind = 'partition-reset' | 'partition-blackhole' | 'isolate-reset' | 'isolate-blackhole' | 'split-brain';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { tsxLoaderUrl } from '../../src/shared/tsx-loader.ts';
-import { FaultProxy, type Cut } from '../chaos/fault-proxy.ts';
+import { FaultProxy, type Cut } from './fault-proxy.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
