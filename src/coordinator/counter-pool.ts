@@ -17,6 +17,7 @@ import type { CoordinatorConfig } from '../shared/config.ts';
 import { formatAddress, isAddress, type Address } from '../shared/address.ts';
 import type { Item } from '../protocol/messages.ts';
 import { CounterLink, CounterUnavailableError } from './counter-link.ts';
+import { lagBehind } from './replication-lag.ts';
 
 export class NoCounterAvailableError extends Error {
   override name = 'NoCounterAvailableError';
@@ -29,6 +30,8 @@ export interface CounterView {
   ready: boolean;
   lastHeardAt: string | null;
   items: number | null;
+  /** Age of the oldest update other counters hold that this one lacks, as they last reported; null if none reports lag. */
+  replicationLagSeconds: number | null;
 }
 
 function hash32(s: string): number {
@@ -48,6 +51,8 @@ export class CounterPool {
   /** Links made from members' announcements rather than from COUNTERS. */
   private readonly learned = new Set<CounterLink>();
   private readonly refresh: NodeJS.Timeout;
+  /** Requests that left their first counter for another (read by the metrics). */
+  failovers = 0;
 
   constructor(private readonly config: Readonly<CoordinatorConfig>, private readonly log: Logger) {
     this.refresh = setInterval(() => void this.resolveConfigured(), config.dnsRefreshMs);
@@ -64,6 +69,7 @@ export class CounterPool {
   }
 
   view(): CounterView[] {
+    const statuses = [...this.links.values()].map((l) => l.status);
     return [...this.links.values()].map((l) => ({
       id: l.id,
       address: l.address,
@@ -71,6 +77,7 @@ export class CounterPool {
       ready: l.usable,
       lastHeardAt: l.lastHeardAt ? new Date(l.lastHeardAt).toISOString() : null,
       items: l.status?.items ?? null,
+      replicationLagSeconds: lagBehind(l.id, statuses),
     }));
   }
 
@@ -121,6 +128,7 @@ export class CounterPool {
 
   private async failOver(request: (link: CounterLink) => Promise<number>, failed: CounterLink, err: unknown): Promise<number> {
     if (!(err instanceof CounterUnavailableError)) throw err;
+    this.failovers++;
     this.log.debug({ counter: failed.id, err: err.message }, 'failing over');
     let lastErr = err;
     for (const link of this.candidates(new Set([failed]))) {

@@ -1,5 +1,6 @@
 /**
- * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters.
+ * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters; and the
+ * operator's routes: /metrics and the status page (/, /status/events).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -11,23 +12,30 @@ import { clientErrorHandler, handleError, parseJsonBody, sendError } from './err
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
+import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
+import { CoordinatorMetrics } from './metrics.ts';
+import { PAGE_PATHS, StatusPage } from './status-page.ts';
 
 export { TIMEOUTS };
 
 /** Routes that answer without API_KEY (load balancers and orchestrators probe them). */
-const OPEN_ROUTES = new Set(['/health', '/ready']);
+const OPEN_ROUTES = new Set<string>(['/health', '/ready', ...PAGE_PATHS]);
 const MAX_URL_LENGTH = 8192;
 /** Which methods each path answers, for 405 + Allow. */
 const ALLOWED: [RegExp, string][] = [
   [/^\/items\/?$/, 'POST'],
   [/^\/items\/[^/]+\/count\/?$/, 'GET, HEAD'],
-  [/^\/(health|ready|counters)\/?$/, 'GET, HEAD'],
+  [/^\/(health|ready|counters|metrics)\/?$/, 'GET, HEAD'],
+  [/^\/(status-page\/(app\.js|style\.css))?$/, 'GET, HEAD'],
+  [/^\/status\/events\/?$/, 'GET'],
 ];
 
 type Req = FastifyRequest & { singleItem?: boolean };
 
 /** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
-export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & { add(items: readonly Item[]): Promise<unknown> };
+export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partial<Pick<CounterPool, 'failovers'>> & {
+  add(items: readonly Item[]): Promise<unknown>;
+};
 
 export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
   const app: FastifyInstance = Fastify({
@@ -89,6 +97,27 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     });
   }
 
+  // METRICS=off: no hook at all, for the same reason
+  const metrics = config.metrics ? new CoordinatorMetrics(pool) : null;
+  if (metrics) {
+    app.addHook('onResponse', (req, reply, done) => {
+      metrics.onResponse(req.routeOptions.url, req.method, reply.statusCode, reply.elapsedTime);
+      done();
+    });
+  }
+  const page = new StatusPage({ coordinatorId: config.id, heartbeatMs: config.heartbeatMs }, pool, metrics);
+  page.register(app);
+  // before the server closes: it waits for open responses, and a status stream never ends by itself
+  app.addHook('preClose', (done) => {
+    page.close();
+    done();
+  });
+  app.get('/metrics', async (_req, reply) => {
+    if (!metrics) return sendError(reply, 404, 'NOT_FOUND', 'metrics are off on this coordinator (METRICS=off); start it with METRICS=on');
+    const text = await metrics.registry.metrics();
+    return reply.type(METRICS_CONTENT_TYPE).send(text);
+  });
+
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_req, reply) => {
     if (!pool.anyUsable) return sendError(reply, 503, 'NO_COUNTER', 'no counter is reachable and ready');
@@ -104,6 +133,7 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
       } catch (err) {
         return unavailable(reply, err);
       }
+      metrics?.accepted(req.body.length);
       return { accepted: req.body.length };
     },
   });

@@ -12,6 +12,7 @@ import { Storage } from './storage.ts';
 import { Gossip } from './gossip.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
+import { CounterMetrics } from './metrics.ts';
 
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
@@ -45,22 +46,32 @@ export class Counter implements CounterApi {
     readonly config: Readonly<CounterConfig>,
     private readonly storage: Storage,
     private readonly log: Logger,
+    /** Null with METRICS=off. */
+    readonly metrics: CounterMetrics | null,
   ) {
     this.gset = new GSet(log.child({ component: 'gset' }));
     this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), {
       onSynced: (peer) => this.onSynced(peer),
       onMembersChanged: () => this.statusChanged(),
+      observer: metrics?.gossip,
     });
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }));
+    metrics?.attach(this, {
+      // the awareness state lists the peers linked to us (gossip publishes it for routing)
+      connectedPeers: () => ((this.gossip.awareness.getLocalState() as { peers?: unknown[] } | null)?.peers ?? []).length,
+      logBytes: () => storage.logBytes,
+    });
   }
 
   /** Opens DATA_DIR (taking its lock), replays it, then listens. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
-    const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }) });
-    const counter = new Counter(config, storage, log);
+    const metrics = config.metrics ? new CounterMetrics() : null;
+    const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }), observer: metrics?.storage });
+    const counter = new Counter(config, storage, log, metrics);
     try {
       await counter.recover(recovered.snapshot, recovered.updates, recovered.damaged, recovered.tornTail);
+      metrics?.replayed((Date.now() - t0) / 1000);
       log.info({ items: counter.gset.size, tenants: counter.gset.tenants, ms: Date.now() - t0, clientID: counter.gset.doc.clientID }, 'state loaded');
       counter.gset.doc.on('update', counter.persist);
       const { app, wss } = buildCounterServer(counter, log);
@@ -101,7 +112,7 @@ export class Counter implements CounterApi {
   }
 
   status(): Status {
-    return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members() };
+    return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members(), lag: this.metrics?.lagByPeer() };
   }
 
   /**
@@ -124,6 +135,7 @@ export class Counter implements CounterApi {
     if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
     this.gossip.close();
     this.sessions.close();
+    this.metrics?.close();
     for (const c of this.wss?.clients ?? []) c.terminate();
     this.wss?.close();
     await this.app?.close();
@@ -141,6 +153,7 @@ export class Counter implements CounterApi {
       await this.lastAppend;
       if (this.persistDebt) await this.repayDebt();
       for (const b of batch) b.resolve(b.items.length);
+      if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));
     } catch (err) {
       const e = new Error(`could not store the items durably: ${(err as Error).message}`);
       for (const b of batch) b.reject(e);

@@ -14,6 +14,7 @@
 import type WebSocket from 'ws';
 import * as Y from 'yjs';
 import * as encoding from 'lib0/encoding';
+import * as decoding from 'lib0/decoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
@@ -23,6 +24,7 @@ import { MeshSocket } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
 import { formatAddress, isAddress } from '../shared/address.ts';
 import type { GSet, Origin } from './gset.ts';
+import type { GossipObserver } from './metrics.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
@@ -38,6 +40,8 @@ export interface GossipEvents {
   /** A peer's full state (sync step 2) was applied. */
   onSynced: (peerId: string | null) => void;
   onMembersChanged: () => void;
+  /** Metrics (METRICS=on): per-peer traffic and state vectors. */
+  observer?: GossipObserver | undefined;
 }
 
 export class Gossip {
@@ -161,16 +165,20 @@ export class Gossip {
         peer.address ??= msg.hello.address;
         peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
         this.publishLinks();
+        this.events.observer?.onPeerHello(peer.id, peer.sock);
         this.log.info({ peer: peer.id, remote: peer.sock.remote }, 'peer connected');
         this.events.onMembersChanged();
         return;
       }
       case MessageType.Sync: {
+        // the observer reads the peer's state vector: its own view of the message, taken before it is consumed
+        const observed = this.events.observer && peer.id !== null ? decoding.clone(msg.decoder) : null;
         const reply = encoding.createEncoder();
         const kind = syncProtocol.readSyncMessage(msg.decoder, reply, this.gset.doc, peer.origin, (err) => {
           throw err;
         });
         if (encoding.length(reply) > 0) peer.sock.send(writeSync((e) => encoding.writeUint8Array(e, encoding.toUint8Array(reply))));
+        if (observed) this.events.observer!.onPeerSync(peer.id!, observed, encoding.length(reply));
         if (kind === syncProtocol.messageYjsSyncStep2) this.events.onSynced(peer.id);
         return;
       }

@@ -10,6 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { bearerMatches } from '../shared/secret.ts';
+import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
 import { MESH_PATH } from '../protocol/dialer.ts';
 import { MeshSocket } from '../protocol/mesh-socket.ts';
 import { CloseCode, MessageType } from '../protocol/messages.ts';
@@ -47,6 +48,17 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
     return { count: counter.count(req.params.tenant) };
   });
   app.get('/status', async () => counter.status());
+  const { metrics } = counter;
+  if (metrics) {
+    app.addHook('onResponse', (req, reply, done) => {
+      metrics.http.observe(req.routeOptions.url, req.method, reply.statusCode, reply.elapsedTime);
+      done();
+    });
+  }
+  app.get('/metrics', async (_req, reply) => {
+    if (!metrics) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'metrics are off on this counter (METRICS=off); start it with METRICS=on' });
+    return reply.type(METRICS_CONTENT_TYPE).send(await metrics.registry.metrics());
+  });
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const refuse = (code: number, text: string) => {

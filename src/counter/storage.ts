@@ -45,6 +45,8 @@ export interface StorageOptions {
   compactBytes: number;
   /** Receives warnings about cut tails, errors about damaged files and failed writes. */
   log: Logger;
+  /** Told of each fdatasync (duration, records covered) and compaction: the metrics. */
+  observer?: { synced(seconds: number, appends: number): void; compacted(seconds: number): void } | undefined;
 }
 
 /** What {@link Storage.open} found on disk. */
@@ -114,6 +116,7 @@ export class Storage {
   private readonly dir: string;
   private readonly compactBytes: number;
   private readonly log: Logger;
+  private readonly observer: StorageOptions['observer'];
   private readonly lock: Server;
   private current: CurrentLog;
   private oldLogs: OldLog[];
@@ -137,6 +140,7 @@ export class Storage {
     this.dir = init.opts.dir;
     this.compactBytes = init.opts.compactBytes;
     this.log = init.opts.log;
+    this.observer = init.opts.observer;
     this.lock = init.lock;
     this.current = init.current;
     this.oldLogs = init.oldLogs;
@@ -303,7 +307,9 @@ export class Storage {
       }
       this.writeAt(cur, bytes);
       if (batch.some((p) => p.durable)) {
+        const t0 = performance.now();
         await cur.fh.datasync();
+        this.observer?.synced((performance.now() - t0) / 1000, batch.length);
         this.unsynced = false;
         if (this.lazySync) clearTimeout(this.lazySync);
         this.lazySync = null;
@@ -423,6 +429,7 @@ export class Storage {
       this.log.error({ err, dir: this.dir }, 'compaction failed; the logs still hold all updates');
       throw err;
     }
+    this.observer?.compacted((performance.now() - started) / 1000);
     this.log.info(
       { beforeBytes, afterBytes: this.diskBytes(), snapshotBytes: this.snapshotBytes, ms: Math.round(performance.now() - started) },
       'compacted log into snapshot',

@@ -15,8 +15,18 @@ export interface MeshSocketOptions {
   onClose: (sock: MeshSocket, code: number, reason: string) => void;
 }
 
+/** Bytes and messages through a socket, both ways. */
+export interface Traffic {
+  bytesIn: number;
+  bytesOut: number;
+  messagesIn: number;
+  messagesOut: number;
+}
+
 export class MeshSocket {
   lastHeardAt = Date.now();
+  /** This socket's tally; an owner may swap in one shared by all sockets of a peer (the metrics do). */
+  traffic: Traffic = { bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
   /** Replaced once the first message (Hello) says who is on the other side. */
   handler: (msg: Message, sock: MeshSocket) => void;
   /** Likewise replaced by whoever owns the socket after the Hello. */
@@ -74,6 +84,8 @@ export class MeshSocket {
       }
     }
     this.ws.send(frame);
+    this.traffic.bytesOut += frame.length;
+    this.traffic.messagesOut++;
   }
 
   /**
@@ -84,6 +96,8 @@ export class MeshSocket {
   sendNow(frame: Uint8Array): void {
     if (!this.open) return;
     this.ws.send(frame);
+    this.traffic.bytesOut += frame.length;
+    this.traffic.messagesOut++;
     if (this.corked) {
       this.corked = false;
       this.raw?.uncork();
@@ -114,6 +128,8 @@ export class MeshSocket {
   private receive(data: Buffer, isBinary: boolean): void {
     this.lastHeardAt = Date.now();
     if (this.closed) return;
+    this.traffic.bytesIn += data.length;
+    this.traffic.messagesIn++;
     let msg: Message;
     try {
       if (!isBinary) throw new Error('text frame');

@@ -21,6 +21,7 @@ export const SETTINGS = {
   HEARTBEAT_MS: '2000',
   MAX_MESSAGE_BYTES: String(256 * 1024 * 1024),
   RECONNECT_MAX_MS: '1000',
+  METRICS: 'on',
   // coordinator
   HTTP_PORT: '8080',
   COORDINATOR_ID: '',
@@ -123,6 +124,12 @@ class Reader {
       throw new ConfigError(`${name}=${JSON.stringify(this.str(name))} is not valid: ${(err as Error).message}`);
     }
   }
+  /** `on` or `off`, nothing else: a typo must not silently pick one. */
+  onOff(name: SettingName): boolean {
+    const v = this.str(name).trim();
+    if (v !== 'on' && v !== 'off') throw new ConfigError(`${name}=${JSON.stringify(v)} is not valid: use on or off`);
+    return v === 'on';
+  }
   logLevel(): string {
     const v = this.str('LOG_LEVEL');
     if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(v)) {
@@ -139,6 +146,8 @@ export interface CommonConfig {
   heartbeatMs: number;
   maxMessageBytes: number;
   reconnectMaxMs: number;
+  /** GET /metrics and the instrumentation behind it (and the status page's rate charts). */
+  metrics: boolean;
 }
 
 function common(r: Reader): CommonConfig {
@@ -149,6 +158,7 @@ function common(r: Reader): CommonConfig {
     heartbeatMs: r.int('HEARTBEAT_MS', 100, 60_000),
     maxMessageBytes: r.int('MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1),
     reconnectMaxMs: r.int('RECONNECT_MAX_MS', 50, 60_000),
+    metrics: r.onOff('METRICS'),
   };
 }
 
