@@ -150,7 +150,9 @@ test('coordinator and counters: the series exist with their types and move with 
         }
       }
       return still.length === 0;
-    }, 10_000, `gossip series moved (still flat: ${still.join(', ')})`);
+    }, 10_000, 'gossip series to move', 200).catch((err: Error) => {
+      throw new Error(`${err.message}; still flat: ${still.join(', ')}`);
+    });
     assert.is(accepted, 2 * N, 'the counters acknowledged every item once between them');
     // the counter that took the writes synced its log for them, in group-commit rounds
     const synced = countersAfter.map((f) => sum(f, 'counter_mesh_fsync_duration_seconds', {}, 'counter_mesh_fsync_duration_seconds_count'));
@@ -162,7 +164,7 @@ test('coordinator and counters: the series exist with their types and move with 
     await waitFor(async () => {
       const fs = await Promise.all([0, 1, 2].map(counterMetrics));
       return fs.every((f) => f.get('counter_mesh_replication_lag_bytes')!.samples.length === 2 && sum(f, 'counter_mesh_replication_lag_bytes') === 0 && sum(f, 'counter_mesh_replication_lag_seconds') === 0);
-    }, 10_000, 'replication lag back to 0 on every counter for both peers');
+    }, 10_000, 'replication lag back to 0 on every counter for both peers', 200);
   } finally {
     await mesh.close();
   }

@@ -66,7 +66,7 @@ export class Counter implements CounterApi {
   /** Opens DATA_DIR (taking its lock), replays it, then listens. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
-    const metrics = config.metrics ? new CounterMetrics() : null;
+    const metrics = config.metrics ? new CounterMetrics(config.antiEntropyMs) : null;
     const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }), observer: metrics?.storage });
     const counter = new Counter(config, storage, log, metrics);
     try {

@@ -60,7 +60,8 @@ export class CounterMetrics {
   private readonly itemsAccepted: Counter;
   private readonly replay: Gauge;
 
-  constructor() {
+  /** @param antiEntropyMs how often peers send their state vectors (replication lag is measured from them) */
+  constructor(private readonly antiEntropyMs: number) {
     const registry = createRegistry();
     this.registry = registry;
     this.http = new HttpMetrics(registry);
@@ -135,7 +136,8 @@ export class CounterMetrics {
 
   /** Starts reading from the counter (its document exists now). */
   attach(counter: CounterSources, read: CounterReaders): void {
-    const lag = new ReplicationLag(counter.gset.doc);
+    // one missed state vector is not yet a reason to measure against now
+    const lag = new ReplicationLag(counter.gset.doc, 2 * this.antiEntropyMs + 500);
     this.lag = lag;
     const registry = this.registry;
     const gauge = (name: string, help: string, value: () => number) =>
@@ -163,7 +165,7 @@ export class CounterMetrics {
     });
     new Gauge({
       name: `${PREFIX}replication_lag_seconds`,
-      help: 'Age of the oldest update this counter holds that the peer lacked at its last state vector (0 when it lacked nothing; grows while the peer is down and writes arrive)',
+      help: 'Age of the oldest update this counter holds that the peer lacked when its last state vector arrived (0 when it lacked nothing); once that state vector is overdue (two ANTI_ENTROPY_MS), the age now: grows while the peer is down and writes arrive',
       labelNames: ['peer'],
       registers: [registry],
       collect() {

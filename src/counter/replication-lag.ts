@@ -5,10 +5,13 @@
  * Every peer sends its state vector (y-protocols sync step 1) on connect and every
  * ANTI_ENTROPY_MS. The step-2 answer this counter computes anyway is exactly what the peer lacks,
  * so its size is the lag in bytes at no extra cost. For the age, this counter samples its own
- * state vector (at most every SAMPLE_MS, only when it changed): the oldest sample the peer's last
- * state vector does not cover was taken after the oldest update the peer lacks arrived here, so
- * `now - sample time` is the age of that update, to within SAMPLE_MS. A peer that goes down keeps
- * its last state vector, so its lag grows with every write made meanwhile.
+ * state vector (at most every SAMPLE_MS, only when it changed): the oldest sample the peer's state
+ * vector does not cover was taken just after the oldest update the peer lacked arrived here, so
+ * the time from that sample to the state vector's arrival is the age of that update, to within
+ * SAMPLE_MS. Measured at the arrival, not now: under steady writes the last state vector always
+ * lacks what came after it, and that is not lag. A peer whose state vector is overdue (down, cut
+ * off, or too busy to send one) is measured at now instead, so its lag grows with every write
+ * made meanwhile.
  */
 import * as Y from 'yjs';
 
@@ -21,6 +24,8 @@ type StateVector = Map<number, number>;
 
 interface PeerState {
   sv: StateVector;
+  /** When it arrived. */
+  at: number;
   /** Bytes of the update the peer lacked at its last state vector. */
   missingBytes: number;
 }
@@ -38,7 +43,8 @@ export class ReplicationLag {
   private readonly peers = new Map<string, PeerState>();
   private readonly timer: NodeJS.Timeout;
 
-  constructor(private readonly doc: Y.Doc) {
+  /** @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS) */
+  constructor(private readonly doc: Y.Doc, private readonly staleAfterMs: number) {
     doc.on('update', this.onUpdate);
     this.timer = setInterval(() => this.sample(), SAMPLE_MS);
     this.timer.unref();
@@ -49,7 +55,9 @@ export class ReplicationLag {
    * @param missingBytes size of the step-2 answer: the update it lacks
    */
   peerStateVector(peerId: string, sv: StateVector, missingBytes: number): void {
-    this.peers.set(peerId, { sv, missingBytes });
+    // the state as of now must be sampled, or what arrived since the last sample would look older than it is
+    this.sample();
+    this.peers.set(peerId, { sv, at: Date.now(), missingBytes });
   }
 
   /** Peers a state vector was received from, ever (a peer that went down keeps its last one). */
@@ -61,11 +69,15 @@ export class ReplicationLag {
     return this.peers.get(peerId)?.missingBytes ?? 0;
   }
 
-  /** Seconds since the oldest update held here that `peerId` lacked at its last state vector; 0 if none. */
+  /**
+   * Age in seconds of the oldest update held here that `peerId` lacked, when its last state vector
+   * arrived (or now, when that is overdue); 0 if it lacked nothing.
+   */
   lagSeconds(peerId: string, now = Date.now()): number {
     const peer = this.peers.get(peerId);
     if (!peer) return 0;
     this.sample();
+    const asOf = now - peer.at > this.staleAfterMs ? now : peer.at;
     const last = this.samples.at(-1);
     if (!last || covers(peer.sv, Y.decodeStateVector(last.sv))) return 0;
     // samples only grow, so the covered ones are a prefix: find the first one not covered
@@ -76,7 +88,7 @@ export class ReplicationLag {
       if (covers(peer.sv, Y.decodeStateVector(this.samples[mid]!.sv))) lo = mid + 1;
       else hi = mid;
     }
-    return Math.max(0, now - this.samples[lo]!.at) / 1000;
+    return Math.max(0, asOf - this.samples[lo]!.at) / 1000;
   }
 
   /** Per peer id, {@link lagSeconds}: what a counter's Status reports. */

@@ -204,7 +204,8 @@
   function drawChart(fig, points, stepSeconds) {
     const W = 300;
     const H = 100;
-    const span = 300; // seconds across the chart, so the time axis stays put while it fills
+    // seconds across the chart: one minute at first, then as much as there is, up to five
+    const span = Math.min(300, Math.max(60, points.length * stepSeconds));
     const latest = points.length > 0 ? points[points.length - 1] : 0;
     const peak = points.reduce((a, b) => Math.max(a, b), 0);
     const top = niceMax(peak);
@@ -245,7 +246,7 @@
     const [area, path] = svg.querySelectorAll('path');
     path.setAttribute('d', line);
     area.setAttribute('d', points.length > 0 ? `${line}L${W},${H}L${x(0).toFixed(1)},${H}Z` : '');
-    setText(fig.querySelector('.ticks'), `scale 0–${fmtInt.format(top)}/s · 5 min`);
+    setText(fig.querySelector('.ticks'), `scale 0–${fmtInt.format(top)}/s · last ${span < 120 ? `${span} s` : `${Math.round(span / 60)} min`}`);
   }
 
   function niceMax(v) {
