@@ -43,8 +43,15 @@ export class ReplicationLag {
   private readonly peers = new Map<string, PeerState>();
   private readonly timer: NodeJS.Timeout;
 
-  /** @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS) */
-  constructor(private readonly doc: Y.Doc, private readonly staleAfterMs: number) {
+  /**
+   * @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS)
+   * @param now the clock (tests pass their own)
+   */
+  constructor(
+    private readonly doc: Y.Doc,
+    private readonly staleAfterMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
     doc.on('update', this.onUpdate);
     this.timer = setInterval(() => this.sample(), SAMPLE_MS);
     this.timer.unref();
@@ -57,7 +64,7 @@ export class ReplicationLag {
   peerStateVector(peerId: string, sv: StateVector, missingBytes: number): void {
     // the state as of now must be sampled, or what arrived since the last sample would look older than it is
     this.sample();
-    this.peers.set(peerId, { sv, at: Date.now(), missingBytes });
+    this.peers.set(peerId, { sv, at: this.now(), missingBytes });
   }
 
   /** Peers a state vector was received from, ever (a peer that went down keeps its last one). */
@@ -73,7 +80,7 @@ export class ReplicationLag {
    * Age in seconds of the oldest update held here that `peerId` lacked, when its last state vector
    * arrived (or now, when that is overdue); 0 if it lacked nothing.
    */
-  lagSeconds(peerId: string, now = Date.now()): number {
+  lagSeconds(peerId: string, now = this.now()): number {
     const peer = this.peers.get(peerId);
     if (!peer) return 0;
     this.sample();
@@ -92,7 +99,7 @@ export class ReplicationLag {
   }
 
   /** Per peer id, {@link lagSeconds}: what a counter's Status reports. */
-  byPeer(now = Date.now()): Record<string, number> {
+  byPeer(now = this.now()): Record<string, number> {
     const out: Record<string, number> = {};
     for (const id of this.peers.keys()) out[id] = this.lagSeconds(id, now);
     return out;
@@ -107,10 +114,11 @@ export class ReplicationLag {
     this.dirty = true;
   };
 
-  private sample(): void {
+  /** Records the own state vector if it changed since the last sample (the timer calls this). */
+  sample(): void {
     if (!this.dirty) return;
     this.dirty = false;
-    this.samples.push({ at: Date.now(), sv: Y.encodeStateVector(this.doc) });
+    this.samples.push({ at: this.now(), sv: Y.encodeStateVector(this.doc) });
     if (this.samples.length > MAX_SAMPLES) this.samples.splice(0, this.samples.length - MAX_SAMPLES);
   }
 }
