@@ -88,7 +88,8 @@ const COUNTER_TYPES = {
 };
 
 test('coordinator and counters: the series exist with their types and move with writes and gossip', async () => {
-  const mesh = await Mesh.start({ counters: 3 });
+  // the smallest COMPACT_BYTES, so that the batch below makes every counter compact
+  const mesh = await Mesh.start({ counters: 3, env: { COMPACT_BYTES: '65536' } });
   try {
     const coordinatorMetrics = async () => {
       const res = await fetch(mesh.url('/metrics'));
@@ -159,6 +160,15 @@ test('coordinator and counters: the series exist with their types and move with 
     assert.ok(Math.max(...synced) >= 1, `some counter fsynced: ${synced}`);
     const appends = countersAfter.map((f) => sum(f, 'counter_mesh_group_commit_appends', {}, 'counter_mesh_group_commit_appends_sum'));
     assert.ok(Math.max(...appends) >= N / 2, `group commit covered the writes: ${appends}`);
+
+    // a few thousand items pass COMPACT_BYTES on every counter (peers' updates are logged too)
+    for (const f of countersAfter) assert.is(sum(f, 'counter_mesh_compaction_duration_seconds', {}, 'counter_mesh_compaction_duration_seconds_count'), 0);
+    const big = Array.from({ length: 1000 }, (_, k) => ({ id: `compact-${k}-${'x'.repeat(40)}`, tenant: 'big' }));
+    for (let r = 0; r < 3; r++) assert.is(await mesh.post(big.map((it) => ({ ...it, id: `${r}-${it.id}` }))), 200);
+    await waitFor(async () => {
+      const fs = await Promise.all([0, 1, 2].map(counterMetrics));
+      return fs.every((f) => sum(f, 'counter_mesh_compaction_duration_seconds', {}, 'counter_mesh_compaction_duration_seconds_count') >= 1 && sum(f, 'counter_mesh_items') === 2 * N + 3000);
+    }, 15_000, 'every counter to compact its log', 200);
 
     // replication lag: once converged and a state vector exchange has passed, nobody lacks anything
     await waitFor(async () => {

@@ -112,6 +112,8 @@ test('the live page: 3 counters up, one down after SIGKILL and up after restart,
     // a string, evaluated in the page: the tests are type-checked without the DOM library
     const overflow = (await page.evaluate('document.documentElement.scrollWidth - window.innerWidth')) as number;
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than a phone screen`);
+    const tableOverflow = (await page.evaluate('(e => e.scrollWidth - e.clientWidth)(document.querySelector(".table-wrap"))')) as number;
+    assert.ok(tableOverflow <= 0, `the table needs ${tableOverflow} px of sideways scrolling on a phone`);
 
     assert.equal(errors, [], 'no console errors');
   } finally {

@@ -52,8 +52,15 @@
   // ---------------------------------------------------------------- the stream
 
   function setConnection(state, text) {
+    const before = connection.dataset.state;
     connection.dataset.state = state;
     connection.textContent = text;
+    // announced when it changes (lost, or back after a loss), not on every update
+    if (state !== before && (state === 'down' || before === 'down')) announce(state === 'down' ? `Connection to the coordinator: ${text}.` : 'Connection to the coordinator is back.');
+  }
+
+  function announce(text) {
+    $('announce').textContent = text;
   }
 
   async function connect() {
@@ -131,7 +138,8 @@
   function ago(fromIso, nowIso) {
     if (!fromIso) return 'never';
     const s = Math.max(0, (Date.parse(nowIso) - Date.parse(fromIso)) / 1000);
-    if (s < 60) return `${s.toFixed(1)} s ago`;
+    if (s < 10) return `${s.toFixed(1)} s ago`;
+    if (s < 60) return `${Math.round(s)} s ago`;
     if (s < 3600) return `${Math.floor(s / 60)} min ago`;
     return `${Math.floor(s / 3600)} h ago`;
   }
@@ -190,7 +198,7 @@
     }
     $('no-counters').hidden = s.counters.length > 0;
     setText($('summary'), `${up} of ${s.counters.length} up`);
-    if (changes.length > 0) $('announce').textContent = changes.join(' ');
+    if (changes.length > 0) announce(changes.join(' '));
 
     $('rates-off').hidden = s.rates !== null;
     for (const fig of document.querySelectorAll('.chart')) {
