@@ -180,25 +180,39 @@ test('coordinator and counters: the series exist with their types and move with 
   }
 });
 
-test('replication lag grows for a counter that is down while writes go on, and the coordinator reports it', async () => {
+test('failovers are counted; replication lag grows for a counter that is down while writes go on, and the coordinator reports it', async () => {
   const mesh = await Mesh.start({ counters: 3 });
+  const counterText = async (i: number) => {
+    const c = mesh.counters[i]!;
+    return parse(await (await fetch(`http://${c.host}:${c.port}/metrics`, { headers: { authorization: `Bearer ${mesh.secret}` } })).text());
+  };
   try {
-    const victim = mesh.counters[2]!;
+    // the coordinator's home counter (the one that took the first write) stops answering it: the next write fails over
+    assert.is(await mesh.post({ id: 'f-0', tenant: 'f' }), 200);
+    const accepted = await Promise.all([0, 1, 2].map(async (i) => sum(await counterText(i), 'counter_mesh_items_accepted_total')));
+    const home = mesh.counters[accepted.findIndex((n) => n > 0)]!;
+    const failovers = async () => sum(parse(await (await fetch(mesh.url('/metrics'))).text()), 'counter_mesh_failovers_total');
+    assert.is(await failovers(), 0);
+    mesh.isolateFromCoordinator(home, 'blackhole');
+    assert.is(await mesh.post({ id: 'f-1', tenant: 'f' }), 200);
+    assert.ok((await failovers()) >= 1, 'the write that waited for the blackholed counter failed over');
+    mesh.heal();
+
+    const victim = mesh.counters.find((c) => c !== home)!;
     await victim.process.kill('SIGKILL');
     let i = 0;
     await waitFor(async () => {
       assert.is(await mesh.post({ id: `lag-${i++}`, tenant: 'lag' }), 200);
-      const res = await fetch(`http://${mesh.counters[0]!.host}:${mesh.counters[0]!.port}/metrics`, { headers: { authorization: `Bearer ${mesh.secret}` } });
-      const f = parse(await res.text());
+      const f = await counterText(home.index);
       return sum(f, 'counter_mesh_replication_lag_seconds', { peer: victim.id }) >= 1 && sum(f, 'counter_mesh_connected_peers') === 1;
-    }, 15_000, `${mesh.counters[0]!.id} reports lag towards the stopped ${victim.id}`);
+    }, 15_000, `${home.id} reports lag towards the stopped ${victim.id}`);
     await waitFor(async () => {
       const f = parse(await (await fetch(mesh.url('/metrics'))).text());
       return sum(f, 'counter_mesh_counter_replication_lag_seconds', { counter: victim.id }) >= 1 && sum(f, 'counter_mesh_counter_reachable', { counter: victim.id }) === 0;
     }, 10_000, 'the coordinator shows the stopped counter unreachable and lagging');
 
     await mesh.restartCounter(victim);
-    await mesh.waitConverged(new Map([['lag', i]]));
+    await mesh.waitConverged(new Map([['lag', i], ['f', 2]]));
     await waitFor(async () => {
       const f = parse(await (await fetch(mesh.url('/metrics'))).text());
       return sum(f, 'counter_mesh_counter_replication_lag_seconds', { counter: victim.id }) === 0;
