@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
 import type { Item, Status } from '../protocol/messages.ts';
 import { GSet, STORAGE, type Origin } from './gset.ts';
-import { Storage } from './storage.ts';
+import { DataDirLock, LogStore } from './storage/index.ts';
 import { Gossip } from './gossip.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
@@ -39,11 +39,11 @@ export class Counter implements CounterApi {
   private catchUpTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private lastStatusKey = '';
-  private snapshotBytes = 0;
 
   private constructor(
     readonly config: Readonly<CounterConfig>,
-    private readonly storage: Storage,
+    private readonly lock: DataDirLock,
+    private readonly storage: LogStore,
     private readonly log: Logger,
   ) {
     this.gset = new GSet(log.child({ component: 'gset' }));
@@ -54,11 +54,17 @@ export class Counter implements CounterApi {
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }));
   }
 
-  /** Opens DATA_DIR (taking its lock), replays it, then listens. */
+  /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
-    const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }) });
-    const counter = new Counter(config, storage, log);
+    const storageLog = log.child({ component: 'storage' });
+    // the lock is the directory's, taken once; log stores (one today) open under it
+    const lock = await DataDirLock.acquire(config.dataDir, storageLog);
+    const { store: storage, recovered } = await LogStore.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: storageLog }).catch(async (err: unknown) => {
+      await lock.close();
+      throw err;
+    });
+    const counter = new Counter(config, lock, storage, log);
     try {
       await counter.recover(recovered.snapshot, recovered.updates, recovered.damaged, recovered.tornTail);
       log.info({ items: counter.gset.size, tenants: counter.gset.tenants, ms: Date.now() - t0, clientID: counter.gset.doc.clientID }, 'state loaded');
@@ -128,7 +134,11 @@ export class Counter implements CounterApi {
     this.wss?.close();
     await this.app?.close();
     await this.lastAppend.catch(() => {});
-    await this.storage.close();
+    try {
+      await this.storage.close();
+    } finally {
+      await this.lock.close();
+    }
   }
 
   private async flush(): Promise<void> {
@@ -154,8 +164,8 @@ export class Counter implements CounterApi {
     this.lastAppend = p;
     p.then(
       () => {
-        // the log may grow to the snapshot's size before compacting again: total rewrite work stays linear
-        if (this.storage.logBytes > Math.max(this.config.compactBytes, this.snapshotBytes)) this.compact();
+        // the store owns the policy (see LogStore.needsCompaction); the counter asks after each append
+        if (this.storage.needsCompaction()) this.compact();
       },
       () => {
         // the storage layer logged it; the next acknowledged write rewrites the whole state
@@ -171,9 +181,7 @@ export class Counter implements CounterApi {
   }
 
   private snapshot(): Uint8Array {
-    const state = this.gset.encodeState();
-    this.snapshotBytes = state.length;
-    return state;
+    return this.gset.encodeState();
   }
 
   private compact(): void {
@@ -188,7 +196,6 @@ export class Counter implements CounterApi {
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
-    this.snapshotBytes = snapshot?.length ?? 0;
     if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
   }
 
