@@ -6,7 +6,7 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /** Mode of every file the store creates: the data is the tenants', not the machine's other users'. */
-export const FILE_MODE = 0o600;
+const FILE_MODE = 0o600;
 /** Mode of a directory the store or the lock creates. */
 export const DIR_MODE = 0o700;
 

@@ -14,5 +14,5 @@
  * DATA_DIR lock), `files.ts` (durable file helpers).
  */
 export { DataDirLock, DataDirLockedError } from './lock.ts';
-export { LogStore, type LogStoreOptions } from './log-store.ts';
+export { LogStore } from './log-store.ts';
 export type { Recovered } from './recovery.ts';

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DIR_MODE, errorCode, ignoreCode } from './files.ts';
 
-export const LOCK_NAME = 'counter.lock';
+const LOCK_NAME = 'counter.lock';
 // sun_path holds 108 bytes on Linux and 104 on macOS, NUL included; stay
 // below both so the same DATA_DIR works everywhere.
 const MAX_LOCK_PATH_BYTES = 100;
