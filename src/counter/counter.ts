@@ -10,7 +10,7 @@ import type { Item, Status } from '../protocol/messages.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
-import { Storage } from './storage.ts';
+import { DataDirLock, LogStore } from './storage/index.ts';
 import { Gossip } from './gossip.ts';
 import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
@@ -23,8 +23,8 @@ const CATCH_UP_GRACE_HEARTBEATS = 2;
 export interface UpdateLog {
   /** Appends one update; resolves once written, and fsynced when `durable`. Appends are written in order. */
   append(update: Uint8Array, durable: boolean): Promise<void>;
-  /** Bytes of log records since the last snapshot. */
-  readonly logBytes: number;
+  /** True when the log has grown enough to be folded into a snapshot (the store's policy). */
+  needsCompaction(): boolean;
   /** Writes the state `snapshot` returns as the new snapshot and drops the logs it covers. */
   compact(snapshot: () => Uint8Array): Promise<void>;
   close(): Promise<void>;
@@ -42,6 +42,8 @@ export interface Recovered {
 /** The world a counter runs in; tests substitute the in-memory network, log and a virtual clock. */
 export interface CounterRuntime {
   log: UpdateLog;
+  /** DATA_DIR's lock, released once the log is closed (none in tests). */
+  lock?: { close(): Promise<void> };
   transport: Transport;
   clock: Clock;
   /** A fixed Yjs clientID, for seeded test runs only. */
@@ -59,6 +61,7 @@ export class Counter implements CounterApi {
   private readonly gossip: Gossip;
   private readonly sessions: CoordinatorSessions;
   private readonly storage: UpdateLog;
+  private readonly lock: { close(): Promise<void> } | undefined;
   private readonly clock: Clock;
   private app: FastifyInstance | null = null;
   private queue: PendingAdd[] = [];
@@ -73,7 +76,6 @@ export class Counter implements CounterApi {
   private catchUpTimer: TimerHandle | null = null;
   private closing = false;
   private lastStatusKey = '';
-  private snapshotBytes = 0;
 
   private constructor(
     readonly config: Readonly<CounterConfig>,
@@ -81,6 +83,7 @@ export class Counter implements CounterApi {
     private readonly log: Logger,
   ) {
     this.storage = runtime.log;
+    this.lock = runtime.lock;
     this.clock = runtime.clock;
     this.gset = new GSet(log.child({ component: 'gset' }), runtime.clientID);
     const events = {
@@ -92,11 +95,17 @@ export class Counter implements CounterApi {
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }), runtime.clock);
   }
 
-  /** Opens DATA_DIR (taking its lock), replays it, then listens on COUNTER_PORT. */
+  /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens on COUNTER_PORT. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
-    const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }) });
+    const storageLog = log.child({ component: 'storage' });
+    // the lock is the directory's, taken once; log stores (one today) open under it
+    const lock = await DataDirLock.acquire(config.dataDir, storageLog);
+    const { store, recovered } = await LogStore.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: storageLog }).catch(async (err: unknown) => {
+      await lock.close();
+      throw err;
+    });
     const transport = wsTransport({ secret: config.clusterSecret, host: config.host, maxPayload: config.maxMessageBytes, log });
-    const counter = new Counter(config, { log: storage, transport, clock: systemClock }, log);
+    const counter = new Counter(config, { log: store, lock, transport, clock: systemClock }, log);
     try {
       await counter.recover(recovered);
       const app = buildCounterServer({ config, log, counter, acceptMesh: (wire, remote) => counter.accept(wire, remote) });
@@ -182,7 +191,11 @@ export class Counter implements CounterApi {
     this.sessions.close();
     await this.app?.close();
     await this.logTail.catch(() => {});
-    await this.storage.close();
+    try {
+      await this.storage.close();
+    } finally {
+      await this.lock?.close();
+    }
   }
 
   /**
@@ -216,8 +229,8 @@ export class Counter implements CounterApi {
     this.logTail = appended;
     appended.then(
       () => {
-        // the log may grow to the snapshot's size before compacting again: total rewrite work stays linear
-        if (this.storage.logBytes > Math.max(this.config.compactBytes, this.snapshotBytes)) this.compact();
+        // the store owns the policy (see LogStore.needsCompaction); the counter asks after each append
+        if (this.storage.needsCompaction()) this.compact();
       },
       () => {
         // the storage layer logged it; the next acknowledged write rewrites the whole state
@@ -235,9 +248,7 @@ export class Counter implements CounterApi {
   }
 
   private snapshot(): Uint8Array {
-    const state = this.gset.encodeState();
-    this.snapshotBytes = state.length;
-    return state;
+    return this.gset.encodeState();
   }
 
   private compact(): void {
@@ -253,7 +264,6 @@ export class Counter implements CounterApi {
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
-    this.snapshotBytes = snapshot?.length ?? 0;
     if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
     this.log.info({ items: this.gset.size, tenants: this.gset.tenants, ms: this.clock.now() - t0, clientID: this.gset.doc.clientID }, 'state loaded');
   }
