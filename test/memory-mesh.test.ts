@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { MemoryMesh } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import type { Rng } from './support/prng.ts';
-import type { Item } from '../src/protocol/messages.ts';
+import { MessageType, type Item } from '../src/protocol/messages.ts';
 
 const TENANTS = ['acme', 'globex', 'initech', 'umbrella'];
 
@@ -23,10 +23,7 @@ async function writeLoad(mesh: MemoryMesh, rng: Rng, rounds: number, gapMs: numb
     answers.push(mesh.write(Math.floor(rng() * mesh.pools.length), items(rng, 1 + Math.floor(rng() * 5), `${tag}${r}`)));
     await mesh.run(gapMs);
   }
-  let settled = 0;
-  for (const a of answers) void a.then(() => settled++);
-  await mesh.until(() => settled === answers.length, 30_000, 'every write answered');
-  return (await Promise.all(answers)).filter(Boolean).length;
+  return (await mesh.settle(answers)).filter(Boolean).length;
 }
 
 test('forwarding converges every counter under seeded delays and reordering', () =>
@@ -100,6 +97,33 @@ test('coordinator failover: the home counter crashes mid-load and no acknowledge
       assert.is.not(pool.candidates()[0]!.id, home.id, 'a new home counter took over');
       await mesh.startCounter(homeIndex);
       await mesh.until(() => mesh.converged(), 10_000, 'the restarted home counter catches up');
+      mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('counter link batching: the adds of one turn leave as one Add frame; later ones wait for a free slot and leave together', () =>
+  withSeed('batching', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 2, coordinators: 1 });
+    try {
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'both counters ready');
+      const adds = () => mesh.net.sentByType.get(MessageType.Add) ?? 0;
+      const wave = (n: number, tag: string) => Array.from({ length: n }, (_, i) => mesh.write(0, [{ tenant: 'acme', id: `${tag}-${i}` }]));
+      const before = adds();
+      const first = wave(200, 'one-turn');
+      await mesh.until(() => adds() > before, 1_000, 'the first frame leaves');
+      assert.is(adds() - before, 1, '200 adds of one turn travel as one frame');
+      // two more waves while that frame is in flight: one takes the second slot, the next waits for a reply
+      const second = wave(100, 'second');
+      await mesh.run(0);
+      const third = wave(100, 'third');
+      const fourth = wave(100, 'fourth');
+      const all = await mesh.settle([...first, ...second, ...third, ...fourth]);
+      assert.ok(all.every(Boolean), 'every add acknowledged');
+      assert.ok(adds() - before <= 3, `500 adds in ${adds() - before} frames`);
+      await mesh.until(() => mesh.converged(), 5_000, 'converged');
+      assert.is(mesh.counters[0]!.counter!.count('acme'), 500);
       mesh.compare();
     } finally {
       await mesh.close();

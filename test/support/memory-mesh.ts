@@ -170,6 +170,14 @@ export class MemoryMesh {
     if (!cond()) throw new Error(`not within ${ms} simulated ms: ${what}`);
   }
 
+  /** Runs the simulation until every promise settled (at most `ms` simulated), then gives their values. */
+  async settle<T>(promises: Promise<T>[], ms = 30_000): Promise<T[]> {
+    let settled = 0;
+    for (const p of promises) void p.then(() => settled++, () => settled++);
+    await this.until(() => settled === promises.length, ms, `${promises.length} operations answered`);
+    return Promise.all(promises);
+  }
+
   /** Writes through coordinator `j`, recording what was sent and what was acknowledged. */
   write(j: number, items: Item[]): Promise<boolean> {
     for (const it of items) setOf(this.sent, it.tenant).add(it.id);

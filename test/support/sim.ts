@@ -168,6 +168,8 @@ export class SimNetwork {
   private traced = 0;
   delivered = 0;
   dropped = 0;
+  /** Frames sent, by message type (their first byte), dropped ones included. */
+  readonly sentByType = new Map<number, number>();
 
   constructor(
     readonly clock: SimClock,
@@ -231,6 +233,7 @@ export class SimNetwork {
 
   /** Takes a frame from `from` to its peer after a seeded delay, unless dropped or cut. */
   carry(from: SimWire, frame: Uint8Array): void {
+    this.sentByType.set(frame[0]!, (this.sentByType.get(frame[0]!) ?? 0) + 1);
     if (this.rng() < this.faults.drop) {
       this.dropped++;
       this.note(`drop ${from.self}>${from.other} ${frame.length}`);
