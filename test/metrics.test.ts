@@ -76,7 +76,6 @@ const COUNTER_TYPES = {
   counter_mesh_compaction_duration_seconds: 'histogram',
   counter_mesh_replay_duration_seconds: 'gauge',
   counter_mesh_connected_peers: 'gauge',
-  counter_mesh_log_bytes: 'gauge',
   counter_mesh_gossip_received_bytes_total: 'counter',
   counter_mesh_gossip_sent_bytes_total: 'counter',
   counter_mesh_gossip_received_messages_total: 'counter',

@@ -8,8 +8,6 @@
  * scrapes. With METRICS=off none of this exists.
  */
 import * as Y from 'yjs';
-import * as decoding from 'lib0/decoding';
-import * as syncProtocol from 'y-protocols/sync';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { createRegistry, HttpMetrics, PREFIX } from '../shared/metrics.ts';
 import type { MeshSocket, Traffic } from '../protocol/mesh-socket.ts';
@@ -24,8 +22,6 @@ export interface CounterSources {
 export interface CounterReaders {
   /** Peers this counter is linked to. */
   connectedPeers(): number;
-  /** Bytes of records in the live log files. */
-  logBytes(): number;
 }
 
 /** Storage's optional observer (see StorageOptions.observer). */
@@ -40,15 +36,15 @@ export interface GossipObserver {
   /** A peer's hello named it: its sockets tally into that peer's traffic from now on. */
   onPeerHello(peerId: string, sock: MeshSocket): void;
   /**
-   * A sync message from a peer was handled.
-   * @param message the message, from its start (sync type first)
-   * @param replyBytes bytes of the answer this counter sent (the step-2 answer to a step 1)
+   * A peer's state vector (sync step 1) was answered.
+   * @param stateVector as encoded on the wire
+   * @param replyBytes bytes of the answer (a sync step 2 frame: what the peer lacks)
    */
-  onPeerSync(peerId: string, message: decoding.Decoder, replyBytes: number): void;
+  onPeerStateVector(peerId: string, stateVector: Uint8Array, replyBytes: number): void;
 }
 
-/** Bytes of a step-2 answer that carries nothing: type, length and an empty update. */
-const EMPTY_STEP2_BYTES = 4;
+/** Bytes of a sync step-2 frame that carries nothing: message type, sync type, length, and the empty update [0, 0]. */
+const EMPTY_STEP2_BYTES = 5;
 
 export class CounterMetrics {
   readonly registry: Registry;
@@ -109,10 +105,8 @@ export class CounterMetrics {
         }
         sock.traffic = t;
       },
-      onPeerSync: (peerId, message, replyBytes) => {
-        if (!this.lag || decoding.readVarUint(message) !== syncProtocol.messageYjsSyncStep1) return;
-        const sv = Y.decodeStateVector(decoding.readVarUint8Array(message));
-        this.lag.peerStateVector(peerId, sv, Math.max(0, replyBytes - EMPTY_STEP2_BYTES));
+      onPeerStateVector: (peerId, stateVector, replyBytes) => {
+        this.lag?.peerStateVector(peerId, Y.decodeStateVector(stateVector), Math.max(0, replyBytes - EMPTY_STEP2_BYTES));
       },
     };
     const tallies = this.traffic;
@@ -153,7 +147,6 @@ export class CounterMetrics {
     gauge('tenants', 'Tenants with at least one item', () => counter.gset.tenants);
     gauge('ready', '1 when the counter takes requests, else 0', () => (counter.ready ? 1 : 0));
     gauge('connected_peers', 'Peer counters linked to this one', () => read.connectedPeers());
-    gauge('log_bytes', 'Bytes of records in the live log files (compaction folds them into the snapshot)', () => read.logBytes());
     new Gauge({
       name: `${PREFIX}replication_lag_bytes`,
       help: "Bytes of updates this counter holds that the peer lacked at its last state vector (every ANTI_ENTROPY_MS while connected)",
