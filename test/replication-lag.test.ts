@@ -6,6 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as Y from 'yjs';
 import { ReplicationLag } from '../src/counter/replication-lag.ts';
+import { systemClock } from '../src/shared/clock.ts';
 import { RateHistory } from '../src/coordinator/rates.ts';
 import { lagBehind } from '../src/coordinator/replication-lag.ts';
 import type { Status } from '../src/protocol/messages.ts';
@@ -15,7 +16,8 @@ const STALE_MS = 5000;
 function setup() {
   const clock = { t: 1_000_000 };
   const doc = new Y.Doc();
-  const lag = new ReplicationLag(doc, STALE_MS, () => clock.t);
+  // only "now" matters here: the sampling timer is the system's and samples are taken by hand
+  const lag = new ReplicationLag(doc, STALE_MS, { ...systemClock, now: () => clock.t });
   const write = (s: string) => {
     doc.getText('t').insert(0, s);
     lag.sample();

@@ -15,6 +15,7 @@ import type { CounterView } from './counter-pool.ts';
 import type { CoordinatorMetrics } from './metrics.ts';
 import type { RateSeries } from './rates.ts';
 import { sendError } from './errors.ts';
+import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
 
 export const EVENTS_PATH = '/status/events';
 /** The page shell and its files: open even when API_KEY is set (they hold no data). */
@@ -43,19 +44,19 @@ const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 
 export class StatusPage {
   private readonly viewers = new Set<ServerResponse>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: TimerHandle;
   private readonly files = new Map<string, { body: Buffer; type: string }>();
 
   constructor(
     private readonly info: { coordinatorId: string; heartbeatMs: number },
     private readonly pool: { view(): CounterView[] },
     private readonly metrics: CoordinatorMetrics | null,
+    private readonly clock: Clock = systemClock,
   ) {
     // read once at start: a missing file is an install error, better seen at once than per request
     const dir = new URL('./status-page/', import.meta.url);
     for (const [path, f] of Object.entries(FILES)) this.files.set(path, { body: fs.readFileSync(new URL(f.name, dir)), type: f.type });
-    this.timer = setInterval(() => this.tick(), 1000);
-    this.timer.unref();
+    this.timer = clock.setInterval(() => this.tick(), 1000);
   }
 
   register(app: FastifyInstance): void {
@@ -88,7 +89,7 @@ export class StatusPage {
 
   snapshot(): StatusSnapshot {
     return {
-      at: new Date().toISOString(),
+      at: new Date(this.clock.now()).toISOString(),
       coordinatorId: this.info.coordinatorId,
       heartbeatMs: this.info.heartbeatMs,
       counters: this.pool.view(),
@@ -98,13 +99,13 @@ export class StatusPage {
 
   /** Ends every stream (before the server closes: it waits for open responses). */
   close(): void {
-    clearInterval(this.timer);
+    this.clock.clear(this.timer);
     for (const res of this.viewers) res.end();
     this.viewers.clear();
   }
 
   private tick(): void {
-    this.metrics?.rates.tick();
+    this.metrics?.rates.tick(this.clock.now());
     if (this.viewers.size === 0) return;
     const frame = event(this.snapshot());
     for (const res of this.viewers) res.write(frame);

@@ -105,7 +105,7 @@ export class Counter implements CounterApi {
   /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens on COUNTER_PORT. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
-    const metrics = config.metrics ? new CounterMetrics(config.antiEntropyMs) : null;
+    const metrics = config.metrics ? new CounterMetrics(config.antiEntropyMs, systemClock) : null;
     const storageLog = log.child({ component: 'storage' });
     // the lock is the directory's, taken once; log stores (one today) open under it
     const lock = await DataDirLock.acquire(config.dataDir, storageLog);

@@ -12,6 +12,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { createRegistry, HttpMetrics, PREFIX } from '../shared/metrics.ts';
 import type { MeshSocket, Traffic } from '../protocol/mesh-socket.ts';
 import { ReplicationLag } from './replication-lag.ts';
+import type { Clock } from '../shared/clock.ts';
 
 /** What the metrics read from the counter at scrape time. */
 export interface CounterSources {
@@ -56,8 +57,14 @@ export class CounterMetrics {
   private readonly itemsAccepted: Counter;
   private readonly replay: Gauge;
 
-  /** @param antiEntropyMs how often peers send their state vectors (replication lag is measured from them) */
-  constructor(private readonly antiEntropyMs: number) {
+  /**
+   * @param antiEntropyMs how often peers send their state vectors (replication lag is measured from them)
+   * @param clock the counter's clock
+   */
+  constructor(
+    private readonly antiEntropyMs: number,
+    private readonly clock: Clock,
+  ) {
     const registry = createRegistry();
     this.registry = registry;
     this.http = new HttpMetrics(registry);
@@ -131,7 +138,8 @@ export class CounterMetrics {
   /** Starts reading from the counter (its document exists now). */
   attach(counter: CounterSources, read: CounterReaders): void {
     // one missed state vector is not yet a reason to measure against now
-    const lag = new ReplicationLag(counter.gset.doc, 2 * this.antiEntropyMs + 500);
+    const lag = new ReplicationLag(counter.gset.doc, 2 * this.antiEntropyMs + 500, this.clock);
+    const clock = this.clock;
     this.lag = lag;
     const registry = this.registry;
     const gauge = (name: string, help: string, value: () => number) =>
@@ -162,7 +170,7 @@ export class CounterMetrics {
       labelNames: ['peer'],
       registers: [registry],
       collect() {
-        const now = Date.now();
+        const now = clock.now();
         for (const peer of lag.peerIds()) this.set({ peer }, lag.lagSeconds(peer, now));
       },
     });

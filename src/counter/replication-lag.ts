@@ -14,6 +14,7 @@
  * made meanwhile.
  */
 import * as Y from 'yjs';
+import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
 
 /** Resolution of the age. */
 const SAMPLE_MS = 250;
@@ -41,20 +42,16 @@ export class ReplicationLag {
   private samples: { at: number; sv: Uint8Array }[] = [];
   private dirty = true;
   private readonly peers = new Map<string, PeerState>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: TimerHandle;
 
-  /**
-   * @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS)
-   * @param now the clock (tests pass their own)
-   */
+  /** @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS) */
   constructor(
     private readonly doc: Y.Doc,
     private readonly staleAfterMs: number,
-    private readonly now: () => number = Date.now,
+    private readonly clock: Clock = systemClock,
   ) {
     doc.on('update', this.onUpdate);
-    this.timer = setInterval(() => this.sample(), SAMPLE_MS);
-    this.timer.unref();
+    this.timer = clock.setInterval(() => this.sample(), SAMPLE_MS);
   }
 
   /**
@@ -64,7 +61,7 @@ export class ReplicationLag {
   peerStateVector(peerId: string, sv: StateVector, missingBytes: number): void {
     // the state as of now must be sampled, or what arrived since the last sample would look older than it is
     this.sample();
-    this.peers.set(peerId, { sv, at: this.now(), missingBytes });
+    this.peers.set(peerId, { sv, at: this.clock.now(), missingBytes });
   }
 
   /** Peers a state vector was received from, ever (a peer that went down keeps its last one). */
@@ -80,7 +77,7 @@ export class ReplicationLag {
    * Age in seconds of the oldest update held here that `peerId` lacked, when its last state vector
    * arrived (or now, when that is overdue); 0 if it lacked nothing.
    */
-  lagSeconds(peerId: string, now = this.now()): number {
+  lagSeconds(peerId: string, now = this.clock.now()): number {
     const peer = this.peers.get(peerId);
     if (!peer) return 0;
     this.sample();
@@ -99,14 +96,14 @@ export class ReplicationLag {
   }
 
   /** Per peer id, {@link lagSeconds}: what a counter's Status reports. */
-  byPeer(now = this.now()): Record<string, number> {
+  byPeer(now = this.clock.now()): Record<string, number> {
     const out: Record<string, number> = {};
     for (const id of this.peers.keys()) out[id] = this.lagSeconds(id, now);
     return out;
   }
 
   close(): void {
-    clearInterval(this.timer);
+    this.clock.clear(this.timer);
     this.doc.off('update', this.onUpdate);
   }
 
@@ -118,7 +115,7 @@ export class ReplicationLag {
   sample(): void {
     if (!this.dirty) return;
     this.dirty = false;
-    this.samples.push({ at: this.now(), sv: Y.encodeStateVector(this.doc) });
+    this.samples.push({ at: this.clock.now(), sv: Y.encodeStateVector(this.doc) });
     if (this.samples.length > MAX_SAMPLES) this.samples.splice(0, this.samples.length - MAX_SAMPLES);
   }
 }
