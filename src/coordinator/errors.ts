@@ -20,6 +20,7 @@
  * | 414    | URI_TOO_LONG             | the URL (or a path parameter) is too long                          |
  * | 415    | UNSUPPORTED_MEDIA_TYPE   | a body that is not `application/json` (UTF-8)                      |
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
+ * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
  * | 500    | INTERNAL                 | a bug; logged                                                      |
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
