@@ -21,6 +21,7 @@
  * | 415    | UNSUPPORTED_MEDIA_TYPE   | a body that is not `application/json` (UTF-8)                      |
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
  * | 503    | TOO_MANY_VIEWERS         | 64 status-page streams are open already (`Retry-After`)            |
+ * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
  * | 500    | INTERNAL                 | a bug; logged                                                      |
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';

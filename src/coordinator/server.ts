@@ -17,6 +17,7 @@ import { TIMEOUTS } from '../shared/http-timeouts.ts';
 import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
 import { CoordinatorMetrics } from './metrics.ts';
 import { PAGE_PATHS, StatusPage } from './status-page.ts';
+import { closeWithin, drainingResponse, type DrainState } from '../shared/http-shutdown.ts';
 
 export { TIMEOUTS };
 
@@ -40,7 +41,12 @@ export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partia
 };
 
 export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
+  const drain: DrainState = { draining: false };
   const app: FastifyInstance = Fastify({
+    // once close() begins, responses say `Connection: close` (see drainingResponse)
+    http: { ServerResponse: drainingResponse(drain) },
+    // requests that reach us while we drain (already on an open connection) are answered, not 503'd
+    return503OnClosing: false,
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimit,
@@ -59,6 +65,11 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   });
   app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
+  // runs when close() begins, before the listener closes
+  app.addHook('preClose', (done) => {
+    drain.draining = true;
+    done();
+  });
 
   // JSON only: no text/plain parser (a wrong Content-Type is a 415, not a confusing 400)
   app.removeAllContentTypeParsers();
@@ -122,6 +133,8 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
 
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_req, reply) => {
+    // load balancers stop sending here while the requests already received are answered
+    if (drain.draining) return sendError(reply, 503, 'SHUTTING_DOWN', 'the coordinator is shutting down; send requests to another coordinator');
     if (!pool.anyUsable) return sendError(reply, 503, 'NO_COUNTER', 'no counter is reachable and ready');
     return { ready: true };
   });
@@ -162,7 +175,12 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
 }
 
 export class Coordinator {
-  private constructor(readonly app: FastifyInstance, readonly pool: CounterPool) {}
+  private constructor(
+    readonly app: FastifyInstance,
+    readonly pool: CounterPool,
+    private readonly config: Readonly<CoordinatorConfig>,
+    private readonly log: Logger,
+  ) {}
 
   static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
     // counters send small replies and status messages only: 1 MiB bounds what one may send us
@@ -177,11 +195,17 @@ export class Coordinator {
       throw err;
     }
     log.info({ address: app.server.address(), counters: config.counters.length }, 'coordinator listening');
-    return new Coordinator(app, pool);
+    return new Coordinator(app, pool, config, log);
   }
 
+  /**
+   * Stops taking connections, answers every request already received (they still need the
+   * counters, so the counter links close last), and cuts what is still open after
+   * SHUTDOWN_TIMEOUT_MS.
+   */
   async close(): Promise<void> {
+    const cut = await closeWithin(this.app, this.config.shutdownTimeoutMs);
+    if (cut > 0) this.log.warn({ connections: cut, timeoutMs: this.config.shutdownTimeoutMs }, 'requests still open at SHUTDOWN_TIMEOUT_MS; their connections were cut');
     this.pool.close();
-    await this.app.close();
   }
 }

@@ -16,6 +16,7 @@ import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
 import { CounterMetrics } from './metrics.ts';
+import { closeWithin } from '../shared/http-shutdown.ts';
 
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
@@ -78,6 +79,7 @@ export class Counter implements CounterApi {
   private catchingUp = false;
   private catchUpTimer: TimerHandle | null = null;
   private closing = false;
+  private closed: Promise<void> | null = null;
   private lastStatusKey = '';
   /** Null with METRICS=off. */
   readonly metrics: CounterMetrics | null;
@@ -199,19 +201,41 @@ export class Counter implements CounterApi {
     });
   }
 
-  async close(): Promise<void> {
-    if (this.closing) return;
+  /**
+   * Stops gracefully (README "Operations / Shutdown"): reports not ready at once, so coordinators
+   * send new requests elsewhere; answers the adds already taken, whose group commit finishes and
+   * is fsynced first; hands the updates still gathered for gossip to the peers, closes every
+   * connection with a close handshake, then syncs and closes the log and detaches the document's
+   * listeners. Waits at most SHUTDOWN_TIMEOUT_MS for the adds and for the connections.
+   */
+  close(): Promise<void> {
+    this.closed ??= this.stop();
+    return this.closed;
+  }
+
+  private async stop(): Promise<void> {
     this.closing = true;
     this.clock.clear(this.catchUpTimer);
+    // not ready from now on: new Adds and Counts are refused, and the coordinators hear it now
+    this.sessions.pushStatus();
+    const timeoutMs = this.config.shutdownTimeoutMs;
+    const pending = this.sessions.pending;
+    await this.sessions.whenAnswered(timeoutMs);
+    this.log.info({ adds: pending, unanswered: this.sessions.pending }, 'stopping: answered the adds taken before the stop');
     this.gossip.close();
     this.sessions.close();
     this.metrics?.close();
-    await this.app?.close();
+    if (this.app) {
+      // the server waits for the mesh sockets too, closing with their handshake (cut after a second by MeshSocket)
+      const cut = await closeWithin(this.app, timeoutMs);
+      if (cut > 0) this.log.warn({ connections: cut, timeoutMs }, 'connections still open at SHUTDOWN_TIMEOUT_MS were cut');
+    }
     await this.logTail.catch(() => {});
     try {
       await this.storage.close();
     } finally {
       await this.lock?.close();
+      this.gset.close();
     }
   }
 

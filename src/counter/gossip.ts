@@ -102,11 +102,16 @@ export class Gossip {
   close(): void {
     this.closed = true;
     this.clock.clear(this.antiEntropy);
-    this.clock.clear(this.outboxTimer);
+    // the updates gathered for the next message leave now, ahead of the close frames: a counter
+    // stopped for good has handed its last writes to its peers
+    if (this.outboxTimer) {
+      this.clock.clear(this.outboxTimer);
+      this.flushOutbox();
+    }
     this.awareness.off('update', this.onAwarenessUpdate);
     this.awareness.destroy();
-    for (const d of this.dialers.values()) d.close();
     for (const p of this.peers) p.sock.close(CloseCode.GoingAway, 'shutting down');
+    for (const d of this.dialers.values()) d.close();
   }
 
   private dial(address: string): void {

@@ -53,8 +53,19 @@ export class GSet {
     this.doc = new Y.Doc({ gc: false });
     // a fixed id is for seeded test runs only; by default every start gets a fresh random one
     if (clientID !== undefined) this.doc.clientID = clientID;
-    this.doc.on('afterTransaction', (tr: Y.Transaction) => this.indexTransaction(tr));
-    this.doc.on('update', (update: Uint8Array) => this.captured?.push(update));
+    this.doc.on('afterTransaction', this.onAfterTransaction);
+    this.doc.on('update', this.onUpdate);
+  }
+
+  private readonly onAfterTransaction = (tr: Y.Transaction): void => this.indexTransaction(tr);
+  private readonly onUpdate = (update: Uint8Array): void => {
+    this.captured?.push(update);
+  };
+
+  /** Detaches the document listeners; counts stay readable. For a counter that has stopped. */
+  close(): void {
+    this.doc.off('afterTransaction', this.onAfterTransaction);
+    this.doc.off('update', this.onUpdate);
   }
 
   /** Distinct items of one tenant, O(1). */

@@ -24,6 +24,9 @@ export interface CounterApi {
 export class CoordinatorSessions {
   private readonly socks = new Set<MeshSocket>();
   private readonly timer: TimerHandle;
+  /** Adds taken whose reply is not sent yet: a stopping counter answers them before it closes. */
+  private unanswered = 0;
+  private readonly answeredWaiters = new Set<() => void>();
 
   constructor(
     private readonly counter: CounterApi,
@@ -49,6 +52,32 @@ export class CoordinatorSessions {
     for (const s of this.socks) s.send(frame);
   }
 
+  /** Adds taken and not answered yet. */
+  get pending(): number {
+    return this.unanswered;
+  }
+
+  /**
+   * Resolves once every Add taken so far has been answered, or after `timeoutMs`. New Adds are
+   * refused meanwhile only if the counter reports not ready, which a stopping counter does.
+   */
+  whenAnswered(timeoutMs: number): Promise<void> {
+    if (this.unanswered === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.clock.clear(timer);
+        this.answeredWaiters.delete(done);
+        resolve();
+      };
+      const timer = this.clock.setTimeout(done, timeoutMs);
+      this.answeredWaiters.add(done);
+    });
+  }
+
+  private answered(): void {
+    if (--this.unanswered === 0) for (const done of [...this.answeredWaiters]) done();
+  }
+
   close(): void {
     this.clock.clear(this.timer);
     for (const s of this.socks) s.close(CloseCode.GoingAway, 'shutting down');
@@ -72,10 +101,17 @@ export class CoordinatorSessions {
           sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
           return;
         }
+        this.unanswered++;
         this.counter.add(items).then(
           // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
-          () => sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length)),
-          (err: Error) => sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message)),
+          () => {
+            sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length));
+            this.answered();
+          },
+          (err: Error) => {
+            sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
+            this.answered();
+          },
         );
         return;
       }

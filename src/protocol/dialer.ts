@@ -38,7 +38,9 @@ export class Dialer {
     this.stopped = true;
     this.opts.clock.clear(this.timer);
     this.timer = null;
-    this.abort?.();
+    // only a dial still under way is cut: an open wire is its owner's to close, after its last
+    // frames (a terminate would drop them)
+    if (this.wire === null) this.abort?.();
     this.abort = null;
     this.wire = null;
   }

@@ -22,6 +22,7 @@ export const SETTINGS = {
   MAX_MESSAGE_BYTES: String(256 * 1024 * 1024),
   RECONNECT_MAX_MS: '1000',
   METRICS: 'on',
+  SHUTDOWN_TIMEOUT_MS: '10000',
   // coordinator
   HTTP_PORT: '8080',
   COORDINATOR_ID: '',
@@ -148,7 +149,12 @@ export interface CommonConfig {
   reconnectMaxMs: number;
   /** GET /metrics and the instrumentation behind it (and the status page's rate charts). */
   metrics: boolean;
+  /** After SIGTERM, how long requests already received may take before their connections are cut. */
+  shutdownTimeoutMs: number;
 }
+
+/** Upper bound of SHUTDOWN_TIMEOUT_MS: an orchestrator's grace period must cover it, and they count in minutes at most. */
+const MAX_SHUTDOWN_TIMEOUT_MS = 600_000;
 
 function common(r: Reader): CommonConfig {
   return {
@@ -159,6 +165,7 @@ function common(r: Reader): CommonConfig {
     maxMessageBytes: r.int('MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1),
     reconnectMaxMs: r.int('RECONNECT_MAX_MS', 50, 60_000),
     metrics: r.onOff('METRICS'),
+    shutdownTimeoutMs: r.int('SHUTDOWN_TIMEOUT_MS', 0, MAX_SHUTDOWN_TIMEOUT_MS),
   };
 }
 
@@ -252,6 +259,8 @@ export interface LauncherConfig {
   httpPort: number;
   host: string;
   dataDir: string;
+  /** The children's SHUTDOWN_TIMEOUT_MS: `up` waits that long (and a little more) before it SIGKILLs them. */
+  shutdownTimeoutMs: number;
 }
 
 export function launcherConfig(env: Env): Readonly<LauncherConfig> {
@@ -263,5 +272,6 @@ export function launcherConfig(env: Env): Readonly<LauncherConfig> {
     httpPort: r.port('HTTP_PORT'),
     host: r.str('HOST'),
     dataDir: r.str('DATA_DIR'),
+    shutdownTimeoutMs: r.int('SHUTDOWN_TIMEOUT_MS', 0, MAX_SHUTDOWN_TIMEOUT_MS),
   });
 }
