@@ -140,7 +140,7 @@ function malformed(): Fuzz {
     case 0:
       return { kind: 'garbage', data: bytes(int(0, 200)) };
     case 1:
-      return { kind: 'unknown type', data: concat(varUint(int(7, 2 ** 28)), bytes(int(0, 20))) };
+      return { kind: 'unknown type', data: concat(varUint(int(9, 2 ** 28)), bytes(int(0, 20))) };
     case 2:
       return { kind: 'empty frame', data: new Uint8Array(0) };
     case 3:

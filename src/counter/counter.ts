@@ -13,6 +13,12 @@ import { Gossip } from './gossip.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
 
+/**
+ * How long read repair waits for a peer's answer. Below the coordinator's default
+ * COUNTER_TIMEOUT_MS (3 s), so a coordinator hears "could not pull" rather than nothing.
+ */
+const PULL_TIMEOUT_MS = 1000;
+
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
 
@@ -98,6 +104,14 @@ export class Counter implements CounterApi {
 
   count(tenant: string): number {
     return this.gset.count(tenant);
+  }
+
+  digest(tenant: string): number {
+    return this.gset.digest(tenant);
+  }
+
+  pull(peerId: string): Promise<void> {
+    return this.gossip.pull(peerId, PULL_TIMEOUT_MS);
   }
 
   status(): Status {

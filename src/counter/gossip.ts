@@ -32,7 +32,14 @@ interface Peer {
   id: string | null;
   address: string | null;
   origin: Origin;
+  /**
+   * One entry per sync step 1 sent on this socket, oldest first: the peer answers each with one
+   * step 2, in order, so the next step 2 received settles the oldest entry (read repair waits on it).
+   */
+  step2Waiters: ((ok: boolean) => void)[];
 }
+
+const noWaiter = (): void => {};
 
 export interface GossipEvents {
   /** A peer's full state (sync step 2) was applied. */
@@ -84,6 +91,33 @@ export class Gossip {
     return out;
   }
 
+  /**
+   * Read repair: asks the peer for what it holds and we lack (a sync step 1 out of turn) and
+   * resolves once its answer is applied, so a count taken afterwards includes the peer's items.
+   * Rejects when no link to that peer is open, when the link closes, or after `timeoutMs`.
+   */
+  pull(peerId: string, timeoutMs: number): Promise<void> {
+    let peer: Peer | undefined;
+    for (const p of this.peers) if (p.id === peerId && p.sock.open) peer = p;
+    if (!peer) return Promise.reject(new Error(`no open link to peer ${peerId}`));
+    const { sock, step2Waiters } = peer;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const settle = (ok: boolean, why: string) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (ok) resolve();
+        else reject(new Error(`could not pull from peer ${peerId}: ${why}`));
+      };
+      const timer = setTimeout(() => settle(false, `no answer within ${timeoutMs} ms`), timeoutMs);
+      timer.unref();
+      // the waiter stays queued after a timeout: it still marks which step 2 answers this step 1
+      step2Waiters.push((ok) => settle(ok, 'the link closed'));
+      sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
+    });
+  }
+
   /** Takes over an accepted socket whose first message was a peer Hello. */
   adopt(sock: MeshSocket, hello: Message): void {
     const peer = this.addPeer(sock, null);
@@ -125,7 +159,7 @@ export class Gossip {
   }
 
   private addPeer(sock: MeshSocket, dialedAddress: string | null): Peer {
-    const peer: Peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock } };
+    const peer: Peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: [noWaiter] };
     sock.handler = (msg) => this.onPeerMessage(peer, msg);
     sock.closeHandler = () => this.onPeerClose(peer);
     this.peers.add(peer);
@@ -138,6 +172,7 @@ export class Gossip {
 
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
+    for (const w of peer.step2Waiters.splice(0)) w(false);
     this.publishLinks();
     this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
     this.events.onMembersChanged();
@@ -171,7 +206,10 @@ export class Gossip {
           throw err;
         });
         if (encoding.length(reply) > 0) peer.sock.send(writeSync((e) => encoding.writeUint8Array(e, encoding.toUint8Array(reply))));
-        if (kind === syncProtocol.messageYjsSyncStep2) this.events.onSynced(peer.id);
+        if (kind === syncProtocol.messageYjsSyncStep2) {
+          peer.step2Waiters.shift()?.(true);
+          this.events.onSynced(peer.id);
+        }
         return;
       }
       case MessageType.Awareness:
@@ -279,7 +317,10 @@ export class Gossip {
   private compareStateVectors(): void {
     if (this.peers.size === 0) return;
     const frame = writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc));
-    for (const p of this.peers) p.sock.send(frame);
+    for (const p of this.peers) {
+      p.step2Waiters.push(noWaiter);
+      p.sock.send(frame);
+    }
     this.reconcileDialers();
   }
 }
