@@ -26,7 +26,8 @@ DATA_DIR, LOG_LEVEL, and everything the coordinator and counters read.
   coordinator: `Usage: counter-mesh coordinator [--http-port 8080] [--counters host:port,...]
 
 Settings: HTTP_PORT, HOST, COUNTERS, COORDINATOR_ID, CLUSTER_SECRET, API_KEY, BODY_LIMIT,
-MAX_BATCH, COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, HEARTBEAT_MS, RECONNECT_MAX_MS, LOG_LEVEL.
+MAX_BATCH, COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, WRITE_QUORUM, READ_QUORUM, HEARTBEAT_MS,
+RECONNECT_MAX_MS, LOG_LEVEL.
 `,
   counter: `Usage: counter-mesh counter [--counter-port 9001] [--peers host:port,...] [--data-dir ./data]
 

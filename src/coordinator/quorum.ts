@@ -100,6 +100,8 @@ function fanOut<T>(
             if (done.length >= needed) {
               settled = true;
               resolve(done);
+            } else {
+              launch(); // nothing may be left to launch: then this was the last hope
             }
           },
           (err: unknown) => {
