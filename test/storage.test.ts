@@ -374,6 +374,26 @@ test('non-durable appends (a peer\'s updates) resolve without an fdatasync; a la
   await again.storage.close();
 });
 
+test('sync(): after non-durable appends it syncs at once; with nothing unsynced it costs nothing', async () => {
+  const { text, updates } = makeDoc();
+  writeItems(text, 0, 1);
+  const { storage } = await open(tempDir());
+  const fh = (storage as unknown as { current: { fh: FileHandle } }).current.fh;
+  let syncs = 0;
+  const realSync = fh.datasync.bind(fh);
+  fh.datasync = () => {
+    syncs++;
+    return realSync();
+  };
+  await storage.sync();
+  assert.is(syncs, 0, 'nothing to sync');
+  await storage.append(updates[0]!, false);
+  assert.is(syncs, 0);
+  await storage.sync();
+  assert.is(syncs, 1, 'the peer update is on disk before sync() resolves, not a second later');
+  await storage.close();
+});
+
 test('lock: a second open on a held dir fails until the first closes', async () => {
   const dir = tempDir();
   const first = await open(dir);

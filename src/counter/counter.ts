@@ -150,9 +150,11 @@ export class Counter implements CounterApi {
     const batch = this.queue;
     this.queue = [];
     try {
-      this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
+      const fresh = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
       // the latest append covers ours and every earlier one: the log is written in order
       await this.lastAppend;
+      // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
+      if (fresh === 0) await this.storage.sync();
       if (this.persistDebt) await this.repayDebt();
       for (const b of batch) b.resolve(b.items.length);
     } catch (err) {

@@ -193,6 +193,19 @@ export class Storage {
     });
   }
 
+  /**
+   * Resolves once everything appended so far is on disk (fdatasync'ed). For an acknowledgment of
+   * items that were already held: they may have come from a peer and been written without a sync.
+   */
+  sync(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('could not sync: storage is closed'));
+    if (!this.unsynced && !this.loopRunning) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ frame: EMPTY, durable: true, resolve, reject });
+      this.kick();
+    });
+  }
+
   /** Bytes of framed records in all live log files (headers excluded). */
   get logBytes(): number {
     let total = this.current.size - HEADER_BYTES;
