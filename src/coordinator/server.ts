@@ -137,16 +137,17 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
         const r = requestedReplicas(raw, 'r', config.readQuorum, replicas.length);
         return { count: r === 1 ? await pool.count(tenant) : await readQuorum(replicas, tenant, r) };
       } catch (err) {
-        return unavailable(reply, err);
+        return unavailable(reply, err, true);
       }
     },
   });
 
-  function unavailable(reply: Parameters<typeof sendError>[0], err: unknown) {
+  function unavailable(reply: Parameters<typeof sendError>[0], err: unknown, read = false) {
     if (err instanceof CounterRejectedError) return sendError(reply, 400, 'REJECTED_BY_COUNTER', err.message);
     if (err instanceof NotEnoughReplicasError) {
       reply.header('retry-after', '1');
-      return sendError(reply, 503, 'NOT_ENOUGH_REPLICAS', `${err.message}; retry later: what was stored stays stored and adds are idempotent, so resending the same items is safe`);
+      const hint = read ? 'retry later, or read with a smaller r' : 'retry later: what was stored stays stored and adds are idempotent, so resending the same items is safe';
+      return sendError(reply, 503, 'NOT_ENOUGH_REPLICAS', `${err.message}; ${hint}`);
     }
     if (!(err instanceof NoCounterAvailableError)) throw err;
     reply.header('retry-after', '1');
