@@ -14,7 +14,7 @@ import { buildCoordinatorServer, type PoolApi } from '../src/coordinator/server.
 import { ClientError } from '../src/coordinator/errors.ts';
 import { ConfigError, coordinatorConfig, type Env } from '../src/shared/config.ts';
 import { levelSize, parseLevel } from '../src/shared/levels.ts';
-import type { Item } from '../src/protocol/messages.ts';
+import { MAX_TALLY_PEERS, MessageType, ProtocolError, readMessage, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
 
 /** A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until released. */
 class FakeReplica implements Replica {
@@ -132,6 +132,37 @@ test('config: WRITE_QUORUM and READ_QUORUM default to one and refuse anything el
   assert.is(coordinatorConfig({ WRITE_QUORUM: 'quorum', READ_QUORUM: '2' }).readQuorum, 2);
   assert.throws(() => coordinatorConfig({ WRITE_QUORUM: 'most' }), (e: Error) => e instanceof ConfigError && /WRITE_QUORUM="most" is not valid: use one, quorum, all/.test(e.message));
   assert.throws(() => coordinatorConfig({ READ_QUORUM: '0' }), /READ_QUORUM="0" is not valid/);
+});
+
+test('protocol: tally and tallied round-trip; too many peers and trailing bytes are protocol errors', () => {
+  assert.equal(readMessage(writeTally(7, 'acme', ['c1', 'c2'])), { type: MessageType.Tally, reqId: 7, tenant: 'acme', pullFrom: ['c1', 'c2'] });
+  assert.equal(readMessage(writeTally(8, 'acme')), { type: MessageType.Tally, reqId: 8, tenant: 'acme', pullFrom: [] });
+  const digest = 2 ** 53 - 1;
+  assert.equal(readMessage(writeTallied(9, 123456, digest)), { type: MessageType.Tallied, reqId: 9, count: 123456, digest });
+  const many = Array.from({ length: MAX_TALLY_PEERS + 1 }, (_, i) => `c${i}`);
+  assert.throws(() => readMessage(writeTally(1, 't', many)), (e: Error) => e instanceof ProtocolError && /names 65 peers/.test(e.message));
+  const frame = writeTallied(1, 2, 3);
+  assert.throws(() => readMessage(Uint8Array.from([...frame, 0])), /trailing bytes/);
+});
+
+test('digest: the same ids in any order and any tenant numbering give the same digest; one id more or less changes it', () => {
+  const a = new IdIndex();
+  const b = new IdIndex();
+  b.add('other-tenant-first', 'z'); // b numbers "t" differently from a
+  const ids = Array.from({ length: 500 }, (_, i) => `id-${i}`);
+  for (const id of ids) a.add('t', id);
+  for (const id of [...ids].reverse()) b.add('t', id);
+  assert.is(a.digest('t'), b.digest('t'));
+  assert.ok(a.digest('t') < 2 ** 53);
+  b.add('t', 'one-more');
+  assert.is.not(a.digest('t'), b.digest('t'));
+  // same count, one id swapped for another
+  const c = new IdIndex();
+  for (const id of ids.slice(1)) c.add('t', id);
+  c.add('t', 'swapped');
+  assert.is(c.count('t'), a.count('t'));
+  assert.is.not(c.digest('t'), a.digest('t'));
+  assert.is(new IdIndex().digest('nobody'), 0);
 });
 
 // ---------------------------------------------------------------- writes
