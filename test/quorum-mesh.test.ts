@@ -104,7 +104,8 @@ test('w=quorum + r=quorum: no read through either coordinator is lower than what
     for (let i = 0; i < 10; i++) await round(i, 'cut-from-peers');
     mesh.heal();
 
-    assert.ok(reads >= 30, `most quorum reads answered (${reads} of 40): ${failures.join('; ')}`);
+    // reads that meet disagreeing replicas which cannot sync (the last phase) are 503s, not low counts
+    assert.ok(reads >= 24, `most quorum reads answered (${reads} of 40): ${failures.join('; ')}`);
     assert.ok(acked >= 35, `most quorum writes acknowledged (${acked} of 40): ${failures.join('; ')}`);
     // once healed, every counter converges to at least the acknowledged items, never beyond those sent
     await waitFor(async () => {
