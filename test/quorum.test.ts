@@ -14,6 +14,9 @@ import { buildCoordinatorServer, type PoolApi } from '../src/coordinator/server.
 import { ClientError } from '../src/coordinator/errors.ts';
 import { ConfigError, coordinatorConfig, type Env } from '../src/shared/config.ts';
 import { levelSize, parseLevel } from '../src/shared/levels.ts';
+import { mulberry32, pick, sample } from './support/prng.ts';
+
+const SEED = Number(process.env.SEED ?? Date.now() % 100_000);
 import { MAX_TALLY_PEERS, MessageType, ProtocolError, readMessage, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
 
 /** A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until released. */
@@ -26,7 +29,7 @@ class FakeReplica implements Replica {
   links = new Map<string, FakeReplica>();
   readonly calls: string[] = [];
   /** The pairs held, in order: what a pull copies. */
-  private readonly pairs: Item[] = [];
+  readonly pairs: Item[] = [];
   private held: (() => void)[] | null = null;
 
   constructor(readonly id: string) {}
@@ -264,6 +267,67 @@ test('readQuorum: replicas that disagree and cannot sync give NOT_ENOUGH_REPLICA
   const err = await rejection(readQuorum(rs, 't', 2));
   assert.instance(err, NotEnoughReplicasError);
   assert.match(err.message, 'could not be reconciled');
+});
+
+test(`seeded: w=quorum + r=quorum reads never fall below what was acknowledged, whatever fails (SEED=${SEED} replays)`, async () => {
+  const rng = mulberry32(SEED);
+  const rs = replicas(5);
+  const cut = (a: FakeReplica, b: FakeReplica) => {
+    a.links.delete(b.id);
+    b.links.delete(a.id);
+  };
+  const link = (a: FakeReplica, b: FakeReplica) => {
+    a.links.set(b.id, b);
+    b.links.set(a.id, a);
+  };
+  // two coordinators with their own placement orders
+  const orders = [rs, [rs[3]!, rs[1]!, rs[4]!, rs[0]!, rs[2]!]];
+  const q = levelSize('quorum', rs.length);
+  let sent = 0;
+  let acked = 0;
+  let reads = 0;
+  let repaired = 0;
+  for (let step = 0; step < 3000; step++) {
+    const x = rng();
+    if (x < 0.35) {
+      sent++;
+      try {
+        await writeQuorum(pick(rng, orders), items('t', `i${step}`), q);
+        acked++;
+      } catch (err) {
+        assert.instance(err, NotEnoughReplicasError, `step ${step}`);
+      }
+    } else if (x < 0.5) {
+      // gossip: part of what one replica holds reaches another it is linked to
+      const [a, b] = sample(rng, rs.length, 2).map((i) => rs[i]!) as [FakeReplica, FakeReplica];
+      if (a.links.has(b.id) && !a.down && !b.down) {
+        b.store(a.pairs.filter(() => rng() < 0.5));
+      }
+    } else if (x < 0.6) {
+      const r = pick(rng, rs);
+      r.down = !r.down;
+      r.usable = !r.down;
+    } else if (x < 0.7) {
+      const [a, b] = sample(rng, rs.length, 2).map((i) => rs[i]!) as [FakeReplica, FakeReplica];
+      if (a.links.has(b.id)) cut(a, b);
+      else link(a, b);
+    } else {
+      const before = acked;
+      const calls = rs.reduce((n, r) => n + r.calls.filter((c) => c.startsWith('pull')).length, 0);
+      try {
+        const n = await readQuorum(pick(rng, orders), 't', q);
+        reads++;
+        assert.ok(n >= before, `step ${step}: read ${n} < ${before} acknowledged (SEED=${SEED})`);
+        assert.ok(n <= sent, `step ${step}: read ${n} > ${sent} sent (SEED=${SEED})`);
+      } catch (err) {
+        assert.instance(err, NotEnoughReplicasError, `step ${step}`);
+      }
+      await new Promise((r) => setImmediate(r));
+      if (rs.reduce((n, r) => n + r.calls.filter((c) => c.startsWith('pull')).length, 0) > calls) repaired++;
+    }
+  }
+  assert.ok(acked > 100 && reads > 100, `the run did something: ${acked} writes acknowledged, ${reads} reads answered`);
+  assert.ok(repaired > 10, `replicas disagreed and were reconciled (${repaired} reads)`);
 });
 
 // ---------------------------------------------------------------- routes
