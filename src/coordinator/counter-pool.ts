@@ -16,7 +16,8 @@ import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { formatAddress, isAddress, type Address } from '../shared/address.ts';
 import type { Item } from '../protocol/messages.ts';
-import { CounterLink, CounterUnavailableError } from './counter-link.ts';
+import { CounterLink, CounterUnavailableError, type LinkRuntime } from './counter-link.ts';
+import type { TimerHandle } from '../shared/clock.ts';
 
 export class NoCounterAvailableError extends Error {
   override name = 'NoCounterAvailableError';
@@ -47,11 +48,14 @@ export class CounterPool {
   private readonly links = new Map<string, CounterLink>();
   /** Links made from members' announcements rather than from COUNTERS. */
   private readonly learned = new Set<CounterLink>();
-  private readonly refresh: NodeJS.Timeout;
+  private readonly refresh: TimerHandle;
 
-  constructor(private readonly config: Readonly<CoordinatorConfig>, private readonly log: Logger) {
-    this.refresh = setInterval(() => void this.resolveConfigured(), config.dnsRefreshMs);
-    this.refresh.unref();
+  constructor(
+    private readonly config: Readonly<CoordinatorConfig>,
+    private readonly log: Logger,
+    private readonly runtime: LinkRuntime,
+  ) {
+    this.refresh = runtime.clock.setInterval(() => void this.resolveConfigured(), config.dnsRefreshMs);
   }
 
   async start(): Promise<void> {
@@ -150,14 +154,14 @@ export class CounterPool {
   }
 
   close(): void {
-    clearInterval(this.refresh);
+    this.runtime.clock.clear(this.refresh);
     for (const l of this.links.values()) l.close();
   }
 
   private ensure(address: string, learned = false): void {
     if (this.links.has(address)) return;
     this.log.info({ address, learned }, 'new counter');
-    const link = new CounterLink(address, this.config, this.log.child({ counter: address }), (l) => this.onStatus(l));
+    const link = new CounterLink(address, this.config, this.log.child({ counter: address }), (l) => this.onStatus(l), this.runtime);
     if (learned) this.learned.add(link);
     this.links.set(address, link);
   }

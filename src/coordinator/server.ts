@@ -9,6 +9,8 @@ import type { Item } from '../protocol/messages.ts';
 import { countParams, countResponse, postItemsBody, postItemsResponse } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
+import { wsTransport } from '../protocol/ws-wire.ts';
+import { systemClock } from '../shared/clock.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from './quorum.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
@@ -160,7 +162,9 @@ export class Coordinator {
   private constructor(readonly app: FastifyInstance, readonly pool: CounterPool) {}
 
   static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
-    const pool = new CounterPool(config, log.child({ component: 'pool' }));
+    // counters send small replies and status messages only: 1 MiB bounds what one may send us
+    const transport = wsTransport({ secret: config.clusterSecret, host: config.host, maxPayload: 1024 * 1024, log });
+    const pool = new CounterPool(config, log.child({ component: 'pool' }), { transport, clock: systemClock });
     await pool.start();
     const app = buildCoordinatorServer(config, pool, log);
     try {

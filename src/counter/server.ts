@@ -10,15 +10,28 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { bearerMatches } from '../shared/secret.ts';
-import { MESH_PATH } from '../protocol/dialer.ts';
-import { MeshSocket } from '../protocol/mesh-socket.ts';
-import { CloseCode, MessageType } from '../protocol/messages.ts';
-import type { Counter } from './counter.ts';
+import type { CounterConfig } from '../shared/config.ts';
+import type { Status } from '../protocol/messages.ts';
+import type { Wire } from '../protocol/wire.ts';
+import { MESH_PATH, wsWire } from '../protocol/ws-wire.ts';
 
-const HELLO_TIMEOUT_MS = 5000;
+/** What the routes read of the counter. */
+export interface CounterProbe {
+  readonly ready: boolean;
+  notReadyReason(): string;
+  count(tenant: string): number;
+  status(): Status;
+}
 
-export function buildCounterServer(counter: Counter, log: Logger): { app: FastifyInstance; wss: WebSocketServer } {
-  const { config } = counter;
+export interface CounterServerOptions {
+  config: Readonly<CounterConfig>;
+  log: Logger;
+  counter: CounterProbe;
+  /** Takes an authenticated mesh connection (from a peer or a coordinator). */
+  acceptMesh: (wire: Wire, remote: string) => void;
+}
+
+export function buildCounterServer({ config, log, counter, acceptMesh }: CounterServerOptions): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -60,20 +73,13 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
       const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-      const sock: MeshSocket = new MeshSocket(ws, remote, {
-        heartbeatMs: config.heartbeatMs,
-        log,
-        onMessage: (msg) => {
-          clearTimeout(helloTimer);
-          if (msg.type !== MessageType.Hello) throw new Error('first message must be a hello');
-          if (msg.hello.role === 'peer') counter.gossip.adopt(sock, msg);
-          else counter.sessions.adopt(sock);
-        },
-        onClose: () => clearTimeout(helloTimer),
-      });
-      const helloTimer = setTimeout(() => sock.close(CloseCode.ProtocolError, 'no hello'), HELLO_TIMEOUT_MS);
-      helloTimer.unref();
+      acceptMesh(wsWire(ws, remote, log), remote);
     });
   });
-  return { app, wss };
+  // the WebSocket server goes with the HTTP server; accepted sockets close with their sessions
+  app.addHook('onClose', async () => {
+    for (const c of wss.clients) c.terminate();
+    wss.close();
+  });
+  return app;
 }

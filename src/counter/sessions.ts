@@ -3,8 +3,9 @@
  * every heartbeat so the coordinator knows who is ready and what the mesh looks like.
  */
 import type { Logger } from 'pino';
-import { CloseCode, MessageType, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { isValidItem } from './records.ts';
 import type { Item } from '../protocol/messages.ts';
 
@@ -26,16 +27,20 @@ export interface CounterApi {
 
 export class CoordinatorSessions {
   private readonly socks = new Set<MeshSocket>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: TimerHandle;
 
-  constructor(private readonly counter: CounterApi, heartbeatMs: number, private readonly log: Logger) {
-    this.timer = setInterval(() => this.pushStatus(), heartbeatMs);
-    this.timer.unref();
+  constructor(
+    private readonly counter: CounterApi,
+    heartbeatMs: number,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+  ) {
+    this.timer = clock.setInterval(() => this.pushStatus(), heartbeatMs);
   }
 
+  /** Takes over an accepted socket whose first message was a coordinator Hello. */
   adopt(sock: MeshSocket): void {
-    sock.handler = (msg) => this.onMessage(sock, msg);
-    sock.closeHandler = () => this.socks.delete(sock);
+    sock.handOff({ onMessage: (msg) => this.onMessage(sock, msg), onClose: () => this.socks.delete(sock) });
     this.socks.add(sock);
     sock.send(writeHello({ role: 'peer', nodeId: this.counter.id, address: this.counter.address }));
     sock.send(writeStatus(this.counter.status()));
@@ -49,7 +54,7 @@ export class CoordinatorSessions {
   }
 
   close(): void {
-    clearInterval(this.timer);
+    this.clock.clear(this.timer);
     for (const s of this.socks) s.close(CloseCode.GoingAway, 'shutting down');
   }
 
@@ -105,7 +110,7 @@ export class CoordinatorSessions {
       case MessageType.Hello:
         return; // a repeated hello changes nothing
       default:
-        throw new Error(`message type ${msg.type} is not valid from a coordinator`);
+        throw new ProtocolError(`message type ${msg.type} is not valid from a coordinator`);
     }
   }
 }

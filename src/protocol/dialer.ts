@@ -1,37 +1,26 @@
 /**
- * Keeps one outgoing WebSocket to an address open: reconnects with capped exponential backoff
- * and jitter. Refused connections while a peer is down are expected and logged at debug only.
+ * Keeps one outgoing connection to an address open: reconnects with capped exponential backoff
+ * and jitter. Refused connections while a peer is down are expected; the transport logs them at
+ * debug only.
  */
-import WebSocket from 'ws';
 import type { Logger } from 'pino';
-import { isLoopback } from '../shared/address.ts';
-
-export const MESH_PATH = '/mesh';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
+import type { Transport, Wire } from './wire.ts';
 
 export interface DialerOptions {
   address: string;
-  secret: string;
-  /** Our own listening host; outgoing sockets bind to it when it is a specific IP (see README, fault model). */
-  host: string;
-  maxPayload: number;
+  transport: Transport;
+  clock: Clock;
   reconnectMaxMs: number;
   log: Logger;
-  /** Called with each newly opened socket; the dialer redials once that socket closes. */
-  onOpen: (ws: WebSocket) => void;
-}
-
-export function authHeaders(secret: string): Record<string, string> {
-  return secret ? { authorization: `Bearer ${secret}` } : {};
-}
-
-/** A process listening on one loopback IP also connects from it, so a proxy in front of a counter can tell who connects. */
-export function localAddressFor(host: string): string | undefined {
-  return isLoopback(host) && host.startsWith('127.') ? host : undefined;
+  /** Called with each newly opened wire; the dialer redials once that connection closes. */
+  onOpen: (wire: Wire) => void;
 }
 
 export class Dialer {
-  private ws: WebSocket | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  private abort: (() => void) | null = null;
+  private wire: Wire | null = null;
+  private timer: TimerHandle | null = null;
   private attempt = 0;
   private stopped = false;
 
@@ -42,65 +31,55 @@ export class Dialer {
   }
 
   get connected(): boolean {
-    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
-  }
-
-  /** Skips the wait and dials now (e.g. when a member is announced). */
-  poke(): void {
-    if (this.stopped || this.ws) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    this.connect();
+    return this.wire?.open === true;
   }
 
   close(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.ws?.terminate();
-    this.ws = null;
+    this.opts.clock.clear(this.timer);
+    this.timer = null;
+    this.abort?.();
+    this.abort = null;
+    this.wire = null;
   }
 
   private connect(): void {
     if (this.stopped) return;
-    const { address, secret, host, maxPayload, log } = this.opts;
-    let ws: WebSocket;
-    try {
-      ws = new WebSocket(`ws://${address}${MESH_PATH}`, {
-      headers: authHeaders(secret),
-      maxPayload,
-      localAddress: localAddressFor(host),
-      handshakeTimeout: 5000,
-      perMessageDeflate: false,
-      });
-    } catch (err) {
-      // an address that is no URL authority can never work: stop instead of throwing from a timer
-      log.warn({ address, err: { message: (err as Error).message } }, 'cannot dial this address; giving up on it');
-      this.stopped = true;
-      return;
-    }
-    this.ws = ws;
-    ws.on('open', () => {
-      this.attempt = 0;
-      this.opts.onOpen(ws);
-    });
-    ws.on('unexpected-response', (_req, res) => {
-      log.warn({ address, status: res.statusCode }, res.statusCode === 401 ? 'counter refused our CLUSTER_SECRET; check that every process has the same one' : 'unexpected answer to WebSocket upgrade');
-      ws.terminate();
-    });
-    ws.on('error', (err) => log.debug({ address, err: { message: err.message } }, 'dial failed'));
-    ws.on('close', () => {
-      if (this.ws === ws) this.ws = null;
-      this.schedule();
+    let settled = false;
+    this.abort = this.opts.transport.dial(this.opts.address, {
+      opened: (wire) => {
+        if (this.stopped) {
+          wire.terminate();
+          return;
+        }
+        this.attempt = 0;
+        this.wire = wire;
+        this.opts.onOpen(wire);
+      },
+      closed: (permanent = false) => {
+        if (settled) return;
+        settled = true;
+        this.wire = null;
+        this.abort = null;
+        if (permanent) {
+          this.opts.log.warn({ address: this.opts.address }, 'giving up on this address');
+          this.stopped = true;
+          return;
+        }
+        this.schedule();
+      },
     });
   }
 
   private schedule(): void {
     if (this.stopped || this.timer) return;
     const base = Math.min(this.opts.reconnectMaxMs, 50 * 2 ** this.attempt++);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.connect();
-    }, base / 2 + Math.random() * (base / 2));
-    this.timer.unref();
+    this.timer = this.opts.clock.setTimeout(
+      () => {
+        this.timer = null;
+        this.connect();
+      },
+      base / 2 + this.opts.clock.random() * (base / 2),
+    );
   }
 }

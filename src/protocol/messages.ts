@@ -47,6 +47,7 @@ export type ReplyStatusNumber = (typeof ReplyStatus)[keyof typeof ReplyStatus];
 export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
+  InternalError: 1011,
   ProtocolError: 4400,
   Unauthorized: 4401,
   SelfConnection: 4409,
