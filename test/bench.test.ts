@@ -14,6 +14,8 @@ const SHAPE: Record<string, string[]> = {
   post_single: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   post_batch: ['items_per_s', 'batch', 'replicated_ms'],
   get_count: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  post_single_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  get_count_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   memory: ['items', 'tenants', 'rss_bytes_per_item', 'heap_bytes_per_item'],
   restart: ['items', 'ms'],
   catch_up: ['items', 'ms'],

@@ -27,8 +27,8 @@ DATA_DIR, SHUTDOWN_TIMEOUT_MS, LOG_LEVEL, and everything the coordinator and cou
   coordinator: `Usage: counter-mesh coordinator [--http-port 8080] [--counters host:port,...]
 
 Settings: HTTP_PORT, HOST, COUNTERS, COORDINATOR_ID, CLUSTER_SECRET, API_KEY, BODY_LIMIT,
-MAX_BATCH, COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, HEARTBEAT_MS, RECONNECT_MAX_MS, METRICS,
-SHUTDOWN_TIMEOUT_MS, LOG_LEVEL.
+MAX_BATCH, COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, WRITE_QUORUM, READ_QUORUM, HEARTBEAT_MS,
+RECONNECT_MAX_MS, METRICS, SHUTDOWN_TIMEOUT_MS, LOG_LEVEL.
 
 SIGTERM or SIGINT: stops accepting connections, answers the requests already received (at most
 SHUTDOWN_TIMEOUT_MS), closes the counter links, exits 0.

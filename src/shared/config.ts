@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { isLoopback, parseAddressList, type Address } from './address.ts';
 import { MAX_WIRE_FIELD_CHARS } from './limits.ts';
+import { MAX_LEVEL_NUMBER, parseLevel, type Level } from './levels.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -32,6 +33,8 @@ export const SETTINGS = {
   MAX_BATCH: '10000',
   COUNTER_TIMEOUT_MS: '3000',
   DNS_REFRESH_MS: '10000',
+  WRITE_QUORUM: 'one',
+  READ_QUORUM: 'one',
   // counter
   COUNTER_PORT: '9001',
   COUNTER_ID: '',
@@ -131,6 +134,12 @@ class Reader {
     if (v !== 'on' && v !== 'off') throw new ConfigError(`${name}=${JSON.stringify(v)} is not valid: use on or off`);
     return v === 'on';
   }
+  level(name: 'WRITE_QUORUM' | 'READ_QUORUM'): Level {
+    const raw = this.str(name).trim();
+    const level = parseLevel(raw);
+    if (level === null) throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: use one, quorum, all or a whole number from 1 to ${MAX_LEVEL_NUMBER}`);
+    return level;
+  }
   logLevel(): string {
     const v = this.str('LOG_LEVEL');
     if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(v)) {
@@ -226,6 +235,10 @@ export interface CoordinatorConfig extends CommonConfig {
   maxBatch: number;
   counterTimeoutMs: number;
   dnsRefreshMs: number;
+  /** Default `w` of POST /items: replicas that must have the items on disk before the 200. */
+  writeQuorum: Level;
+  /** Default `r` of GET /items/:tenant/count: replicas whose counts the answer is taken from. */
+  readQuorum: Level;
 }
 
 export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
@@ -249,6 +262,8 @@ export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
     maxBatch: r.int('MAX_BATCH', 1, 1_000_000),
     counterTimeoutMs: r.int('COUNTER_TIMEOUT_MS', 50, 600_000),
     dnsRefreshMs: r.int('DNS_REFRESH_MS', 100, 3_600_000),
+    writeQuorum: r.level('WRITE_QUORUM'),
+    readQuorum: r.level('READ_QUORUM'),
   });
 }
 
