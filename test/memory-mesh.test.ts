@@ -61,14 +61,15 @@ test('a partitioned counter catches up after the heal; a crashed one after its r
   withSeed('partition-crash', async (seed, rng) => {
     const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1 });
     try {
-      await mesh.until(() => mesh.pools[0]!.anyUsable, 10_000, 'coordinator sees a ready counter');
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'coordinator sees every counter ready');
       const [c1, c2, c3] = mesh.counters;
       mesh.net.partition(c1!.id, c2!.id);
       mesh.net.partition(c1!.id, c3!.id);
       mesh.net.partition(c1!.id, 'coordinator-1');
       await mesh.crashCounter(2);
-      await writeLoad(mesh, rng, 30, 10, 'p');
-      assert.ok(mesh.counters[1]!.counter!.count('acme') + mesh.counters[1]!.counter!.count('globex') > 0, 'the reachable counter took writes');
+      const ok = await writeLoad(mesh, rng, 30, 10, 'p');
+      assert.ok(ok > 0, 'writes went through the counter still reachable');
+      assert.ok(TENANTS.reduce((n, t) => n + mesh.counters[1]!.counter!.count(t), 0) > 0, 'the reachable counter took writes');
       assert.not.ok(mesh.converged(), 'the cut-off counter lags during the partition');
       mesh.net.heal();
       await mesh.startCounter(2);

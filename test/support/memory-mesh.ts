@@ -154,7 +154,9 @@ export class MemoryMesh {
     this.net.crash(c.address, c.id);
     const counter = c.counter;
     c.counter = null;
-    await counter.close();
+    // its connections are gone already, so close() has nothing left to say to anyone; it runs on
+    // simulated time (it waits for adds in flight), so the simulation drives it
+    await this.settle([counter.close()]);
   }
 
   /** Advances simulated time by `ms`, running every event due meanwhile (microtasks drained after each). */
@@ -195,12 +197,15 @@ export class MemoryMesh {
     );
   }
 
-  /** Every running counter holds exactly the same count for every tenant. */
+  /**
+   * Every running counter holds the same set for every tenant: same count and same digest (two
+   * replicas can hold different sets of one size for a while).
+   */
   converged(): boolean {
     const running = this.counters.filter((c) => c.counter);
     for (const tenant of this.sent.keys()) {
-      const counts = new Set(running.map((c) => c.counter!.count(tenant)));
-      if (counts.size !== 1) return false;
+      const states = new Set(running.map((c) => `${c.counter!.count(tenant)}/${c.counter!.digest(tenant)}`));
+      if (states.size !== 1) return false;
     }
     return true;
   }
