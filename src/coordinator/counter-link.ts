@@ -72,6 +72,8 @@ export class CounterLink {
     this.dialer = new Dialer({
       address,
       secret: config.clusterSecret,
+      previousSecret: config.acceptedSecrets[1],
+      tls: config.tls,
       host: config.host,
       maxPayload: 1024 * 1024,
       reconnectMaxMs: config.reconnectMaxMs,

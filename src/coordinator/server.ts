@@ -11,6 +11,9 @@ import { clientErrorHandler, handleError, parseJsonBody, sendError } from './err
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
+import { guardPlainHttp, logTlsClientErrors } from '../shared/tls.ts';
+import type { Server as TlsServer } from 'node:tls';
+import rateLimit from '@fastify/rate-limit';
 
 export { TIMEOUTS };
 
@@ -46,9 +49,21 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     childLoggerFactory: (logger) => logger,
     // extra properties are rejected, never silently dropped; nothing is coerced
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-  });
+    // TLS_CERT/TLS_KEY: the public port speaks HTTPS only (plain HTTP gets a 400 HTTPS_REQUIRED)
+    ...(config.tls?.listens ? { https: config.tls.serverOptions() } : {}),
+  }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
+  if (config.tls?.listens) {
+    const tlsFiles = config.tls;
+    const server = app.server as unknown as TlsServer;
+    tlsFiles.attach(server);
+    guardPlainHttp(server, TIMEOUTS.headersMs);
+    logTlsClientErrors(server, log);
+    app.addHook('onClose', async () => tlsFiles.detach(server));
+  }
+  // before the API key check, so a client sending bad keys is limited too; no hook at all when off
+  if (config.rateLimitMax > 0) addRateLimit(app, config);
 
   // JSON only: no text/plain parser (a wrong Content-Type is a 415, not a confusing 400)
   app.removeAllContentTypeParsers();
@@ -127,6 +142,32 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     return sendError(reply, 503, 'NO_COUNTER', `${err.message}; retry later — adds are idempotent, so resending the same items is safe`);
   }
   return app;
+}
+
+/**
+ * RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW_MS per client: per API key for requests carrying
+ * API_KEY (however many addresses share it), per client address otherwise. /health and /ready
+ * are not limited (probes of load balancers often come from one address). @fastify/rate-limit
+ * keeps the counts (an LRU of windows); the answer is the catalogue's 429 with Retry-After.
+ */
+function addRateLimit(app: FastifyInstance, config: Readonly<CoordinatorConfig>): void {
+  type Limiter = ReturnType<FastifyInstance['createRateLimit']>;
+  let limiter: Limiter | null = null;
+  const { apiKey } = config;
+  app.register(rateLimit, { global: false }).after(() => {
+    limiter = app.createRateLimit({
+      max: config.rateLimitMax,
+      timeWindow: config.rateLimitWindowMs,
+      keyGenerator: (req) => (apiKey && bearerMatches(req.headers.authorization, apiKey) ? 'api-key' : `address:${req.ip}`),
+    });
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    if (OPEN_ROUTES.has(req.routeOptions.url ?? '') || !limiter) return;
+    const r = await limiter(req);
+    if (r.isAllowed || !r.isExceeded) return;
+    reply.header('retry-after', String(Math.max(1, r.ttlInSeconds)));
+    return sendError(reply, 429, 'RATE_LIMITED', `more than ${r.max} requests in ${config.rateLimitWindowMs} ms from this client (RATE_LIMIT_MAX); wait Retry-After seconds and send again`);
+  });
 }
 
 export class Coordinator {

@@ -111,6 +111,8 @@ export class Gossip {
     const dialer = new Dialer({
       address,
       secret: this.config.clusterSecret,
+      previousSecret: this.config.acceptedSecrets[1],
+      tls: this.config.tls,
       host: this.config.host,
       maxPayload: this.config.maxMessageBytes,
       reconnectMaxMs: this.config.reconnectMaxMs,

@@ -9,7 +9,9 @@ import { WebSocketServer } from 'ws';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { bearerMatches } from '../shared/secret.ts';
+import { bearerMatchesAny } from '../shared/secret.ts';
+import { guardPlainHttp, logTlsClientErrors } from '../shared/tls.ts';
+import type { Server as TlsServer } from 'node:tls';
 import { MESH_PATH } from '../protocol/dialer.ts';
 import { MeshSocket } from '../protocol/mesh-socket.ts';
 import { CloseCode, MessageType } from '../protocol/messages.ts';
@@ -26,10 +28,21 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
     requestTimeout: TIMEOUTS.requestMs,
     connectionTimeout: TIMEOUTS.idleMs,
     keepAliveTimeout: TIMEOUTS.keepAliveMs,
-  });
+    // TLS_CERT/TLS_KEY: HTTPS and WSS on the same port (with TLS_CLIENT_AUTH=require, peers without
+    // a certificate from TLS_CA are refused in the handshake, before any header is read)
+    ...(config.tls?.listens ? { https: config.tls.serverOptions() } : {}),
+  }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
+  if (config.tls?.listens) {
+    const tlsFiles = config.tls;
+    const server = app.server as unknown as TlsServer;
+    tlsFiles.attach(server);
+    guardPlainHttp(server, TIMEOUTS.headersMs);
+    logTlsClientErrors(server, log);
+    app.addHook('onClose', async () => tlsFiles.detach(server));
+  }
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false });
-  const authorized = (header: string | undefined) => !config.clusterSecret || bearerMatches(header, config.clusterSecret);
+  const authorized = (header: string | undefined) => config.acceptedSecrets.length === 0 || bearerMatchesAny(header, config.acceptedSecrets);
 
   app.addHook('onRequest', async (req, reply) => {
     if (req.routeOptions.url === '/health') return;

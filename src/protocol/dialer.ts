@@ -5,12 +5,17 @@
 import WebSocket from 'ws';
 import type { Logger } from 'pino';
 import { isLoopback } from '../shared/address.ts';
+import { isTlsError, type TlsFiles } from '../shared/tls.ts';
 
 export const MESH_PATH = '/mesh';
 
 export interface DialerOptions {
   address: string;
   secret: string;
+  /** During a secret rotation: sent when the other side refuses `secret` (it has not been given the new one yet). */
+  previousSecret?: string;
+  /** Dial with wss:// and these certificates when set (TLS_CA). */
+  tls?: TlsFiles | null;
   /** Our own listening host; outgoing sockets bind to it when it is a specific IP (see README, fault model). */
   host: string;
   maxPayload: number;
@@ -34,6 +39,12 @@ export class Dialer {
   private timer: NodeJS.Timeout | null = null;
   private attempt = 0;
   private stopped = false;
+  /** 1 after the other side refused the current secret: the next dials send the previous one. */
+  private secretIndex = 0;
+  /** 401s since the last successful dial; with two secrets, the first one only means "try the other". */
+  private refusals = 0;
+  /** What was last warned about; the same failure on every retry is logged once, until a dial succeeds. */
+  private warned = '';
 
   constructor(private readonly opts: DialerOptions) {}
 
@@ -62,15 +73,18 @@ export class Dialer {
 
   private connect(): void {
     if (this.stopped) return;
-    const { address, secret, host, maxPayload, log } = this.opts;
+    const { address, host, maxPayload, log, tls } = this.opts;
+    const secret = this.secretIndex === 1 && this.opts.previousSecret ? this.opts.previousSecret : this.opts.secret;
+    const useTls = tls?.dials === true;
     let ws: WebSocket;
     try {
-      ws = new WebSocket(`ws://${address}${MESH_PATH}`, {
+      ws = new WebSocket(`${useTls ? 'wss' : 'ws'}://${address}${MESH_PATH}`, {
       headers: authHeaders(secret),
       maxPayload,
       localAddress: localAddressFor(host),
       handshakeTimeout: 5000,
       perMessageDeflate: false,
+      ...(useTls ? tls.clientOptions() : {}),
       });
     } catch (err) {
       // an address that is no URL authority can never work: stop instead of throwing from a timer
@@ -81,17 +95,42 @@ export class Dialer {
     this.ws = ws;
     ws.on('open', () => {
       this.attempt = 0;
+      this.warned = '';
+      this.refusals = 0;
       this.opts.onOpen(ws);
     });
     ws.on('unexpected-response', (_req, res) => {
-      log.warn({ address, status: res.statusCode }, res.statusCode === 401 ? 'counter refused our CLUSTER_SECRET; check that every process has the same one' : 'unexpected answer to WebSocket upgrade');
       ws.terminate();
+      if (res.statusCode === 401 && this.opts.previousSecret) {
+        // mid-rotation: the other side may not know the current secret yet; try the other one next
+        this.secretIndex = 1 - this.secretIndex;
+        this.attempt = 0;
+        if (++this.refusals < 2) return;
+      }
+      const what =
+        res.statusCode === 401
+          ? 'counter refused our CLUSTER_SECRET; check that every process has the same one (or, while rotating, current,previous)'
+          : res.statusCode === 400 && !useTls
+            ? 'counter answered 400 to a plain WebSocket upgrade: it probably speaks TLS; set TLS_CA'
+            : 'unexpected answer to WebSocket upgrade';
+      this.warnOnce(`status ${res.statusCode}`, { address, status: res.statusCode }, what);
     });
-    ws.on('error', (err) => log.debug({ address, err: { message: err.message } }, 'dial failed'));
+    ws.on('error', (err: Error & { code?: string }) => {
+      if (!isTlsError(err)) return log.debug({ address, err: { message: err.message } }, 'dial failed');
+      // a certificate that does not verify fails again on every retry: warn once per address
+      this.warnOnce(`tls ${err.code}`, { address, err: { code: err.code, message: err.message } },
+        useTls ? 'TLS handshake with counter failed; check that it speaks TLS, that its certificate is signed by TLS_CA and names this address' : 'dial failed');
+    });
     ws.on('close', () => {
       if (this.ws === ws) this.ws = null;
       this.schedule();
     });
+  }
+
+  private warnOnce(key: string, obj: object, msg: string): void {
+    if (this.warned === key) return;
+    this.warned = key;
+    this.opts.log.warn(obj, `${msg} (logged once until a dial succeeds)`);
   }
 
   private schedule(): void {
