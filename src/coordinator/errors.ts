@@ -19,6 +19,8 @@
  * | 413    | BODY_TOO_LARGE           | the body is larger than BODY_LIMIT                                 |
  * | 414    | URI_TOO_LONG             | the URL (or a path parameter) is too long                          |
  * | 415    | UNSUPPORTED_MEDIA_TYPE   | a body that is not `application/json` (UTF-8)                      |
+ * | 429    | RATE_LIMITED             | more than RATE_LIMIT_MAX requests in RATE_LIMIT_WINDOW_MS from one client (`Retry-After`) |
+ * | 400    | HTTPS_REQUIRED           | plain HTTP to a TLS port (answered in clear text by src/shared/tls.ts, then closed) |
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
  * | 500    | INTERNAL                 | a bug; logged                                                      |
  */
