@@ -97,6 +97,8 @@ export interface MeshOptions {
    * certificate, which counters with TLS_CLIENT_AUTH=require ask for).
    */
   tls?: CertSet & { clientAuth?: boolean };
+  /** CLUSTER_SECRET of every process (random by default). */
+  secret?: string;
 }
 
 /** The part of fetch's Response the harness reads. */
@@ -141,12 +143,13 @@ export function httpsRequest(url: string, certs: CertSet, init: { method?: strin
 
 export class Mesh {
   /** What processes get as CLUSTER_SECRET and the harness sends; a rotation test changes it between steps. */
-  secret = randomBytes(16).toString('hex');
+  secret: string;
   readonly counters: CounterNode[] = [];
   readonly coordinators: { host: string; port: number; process: MeshProcess }[] = [];
   private readonly root: string;
 
   private constructor(private readonly opts: MeshOptions) {
+    this.secret = opts.secret ?? randomBytes(16).toString('hex');
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-'));
   }
 
