@@ -152,7 +152,13 @@ export function clientErrorHandler(err: Error & { code?: string }, socket: Socke
   const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
   if (socket.writable && !inFlight?.headersSent) {
     const body = JSON.stringify({ statusCode, code, error: STATUS_CODES[statusCode], message });
-    socket.write(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    // end, then destroy once written: over TLS the encrypted answer is still queued right after
+    // write(), and an immediate destroy would drop it (the client saw a bare close)
+    socket.end(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    socket.once('finish', () => socket.destroy());
+    // a client that does not read cannot keep the socket
+    setTimeout(() => socket.destroy(), 5000).unref();
+    return;
   }
   socket.destroy();
 }

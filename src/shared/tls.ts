@@ -95,9 +95,18 @@ export class TlsFiles {
   }
 
   /** Options for `https.createServer` (or fastify's `https`). */
-  serverOptions(): tls.TlsOptions {
+  serverOptions(): tls.TlsOptions & { allowHalfOpen: boolean } {
     const { cert, key, ca } = this.material;
-    return { cert, key, ca: this.requireClientCert ? ca : undefined, requestCert: this.requireClientCert, rejectUnauthorized: this.requireClientCert };
+    return {
+      cert,
+      key,
+      ca: this.requireClientCert ? ca : undefined,
+      requestCert: this.requireClientCert,
+      rejectUnauthorized: this.requireClientCert,
+      // as plain HTTP servers do: a client that half-closes after a bad request still gets the
+      // 4xx that says why (a TLS socket otherwise ends its own side as soon as the client's ends)
+      allowHalfOpen: true,
+    };
   }
 
   /** Options for one dial (`tls.connect`, or ws' options): the CA, and our certificate as client certificate when we have one. */
