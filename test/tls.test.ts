@@ -92,7 +92,7 @@ test('a counter with a certificate from another CA is refused, and warns once pe
   const warned = /TLS handshake with counter failed/;
   await waitFor(() => lines(stranger, warned).length >= mesh.counters.length, 15_000, `the stranger to warn about each peer\n${stranger.tail()}`);
   // the mesh side logs its refusal too
-  await waitFor(() => mesh.counters.some((c) => lines(c.process, /refused a TLS connection/).length > 0), 10_000, 'a mesh counter to log the refused handshake');
+  await waitFor(() => mesh.counters.some((c) => lines(c.process, /refused a TLS connection/).length > 0), 10_000, `a mesh counter to log the refused handshake\n${mesh.counters.map((c) => c.process.tail(10)).join('\n')}`);
   // retries go on every RECONNECT_MAX_MS (400 ms); wait for two heartbeats' worth of them, then count the warnings
   await waitFor(async () => {
     const res = await httpsRequest(`https://${host}:${port}/ready`, certs.other, { headers: { authorization: `Bearer ${mesh.secret}` } }).catch(() => null);

@@ -11,7 +11,7 @@ import { clientErrorHandler, handleError, parseJsonBody, sendError } from './err
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
-import { guardPlainHttp, logTlsClientErrors } from '../shared/tls.ts';
+import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
 import rateLimit from '@fastify/rate-limit';
 
@@ -55,12 +55,8 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
   if (config.tls?.listens) {
-    const tlsFiles = config.tls;
-    const server = app.server as unknown as TlsServer;
-    tlsFiles.attach(server);
-    guardPlainHttp(server, TIMEOUTS.headersMs);
-    logTlsClientErrors(server, log);
-    app.addHook('onClose', async () => tlsFiles.detach(server));
+    const detach = serveTls(app.server as unknown as TlsServer, config.tls, log, TIMEOUTS.headersMs);
+    app.addHook('onClose', async () => detach());
   }
   // before the API key check, so a client sending bad keys is limited too; no hook at all when off
   if (config.rateLimitMax > 0) addRateLimit(app, config);

@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { bearerMatchesAny } from '../shared/secret.ts';
-import { guardPlainHttp, logTlsClientErrors } from '../shared/tls.ts';
+import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
 import { MESH_PATH } from '../protocol/dialer.ts';
 import { MeshSocket } from '../protocol/mesh-socket.ts';
@@ -34,12 +34,8 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
   }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
   if (config.tls?.listens) {
-    const tlsFiles = config.tls;
-    const server = app.server as unknown as TlsServer;
-    tlsFiles.attach(server);
-    guardPlainHttp(server, TIMEOUTS.headersMs);
-    logTlsClientErrors(server, log);
-    app.addHook('onClose', async () => tlsFiles.detach(server));
+    const detach = serveTls(app.server as unknown as TlsServer, config.tls, log, TIMEOUTS.headersMs);
+    app.addHook('onClose', async () => detach());
   }
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false });
   const authorized = (header: string | undefined) => config.acceptedSecrets.length === 0 || bearerMatchesAny(header, config.acceptedSecrets);

@@ -95,7 +95,7 @@ export class TlsFiles {
   }
 
   /** Options for `https.createServer` (or fastify's `https`). */
-  serverOptions(): tls.TlsOptions & { allowHalfOpen: boolean } {
+  serverOptions(): tls.TlsOptions {
     const { cert, key, ca } = this.material;
     return {
       cert,
@@ -103,9 +103,8 @@ export class TlsFiles {
       ca: this.requireClientCert ? ca : undefined,
       requestCert: this.requireClientCert,
       rejectUnauthorized: this.requireClientCert,
-      // as plain HTTP servers do: a client that half-closes after a bad request still gets the
-      // 4xx that says why (a TLS socket otherwise ends its own side as soon as the client's ends)
-      allowHalfOpen: true,
+      // Node waits 120 s by default; a client that stalls its handshake should not hold a socket that long
+      handshakeTimeout: 10_000,
     };
   }
 
@@ -129,6 +128,24 @@ export class TlsFiles {
     this.material = next;
     for (const server of this.servers) server.setSecureContext(this.serverOptions());
   }
+}
+
+/**
+ * Everything an HTTPS listener of ours needs besides its options: reloads reach it, plain HTTP
+ * gets a clear answer, failed handshakes are logged once per address, and an established TLS
+ * connection may be half-closed by the client as a plain HTTP one may (so a client that ends its
+ * side after a bad request still reads the 4xx saying why; a TLS socket otherwise ends its own
+ * side at once). Only after the handshake: a client gone mid-handshake must still fail it.
+ * @returns a function to call when the server closes
+ */
+export function serveTls(server: tls.Server, files: TlsFiles, log: TlsLog, firstByteMs: number): () => void {
+  files.attach(server);
+  guardPlainHttp(server, firstByteMs);
+  logTlsClientErrors(server, log);
+  server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
+    socket.allowHalfOpen = true;
+  });
+  return () => files.detach(server);
 }
 
 /** Errors of a TLS handshake that will fail again the same way: worth one warning, not one per retry. */
