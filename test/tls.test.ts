@@ -6,15 +6,21 @@
  * bearer secret is looked at; SIGHUP re-reads the certificate files; bad TLS settings stop a
  * process at start with a message naming the setting.
  */
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Mesh, MeshProcess, freePort, httpsRequest } from './support/mesh.ts';
 import { makeTestCerts, type TestCerts } from './support/certs.ts';
 import { waitFor } from '../src/shared/wait.ts';
-import { ConfigError, coordinatorConfig, counterConfig } from '../src/shared/config.ts';
+import { ConfigError, SETTINGS, coordinatorConfig, counterConfig } from '../src/shared/config.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
 
 let certs: TestCerts;
 const meshes: Mesh[] = [];
@@ -198,6 +204,93 @@ test('TLS settings are checked at start, with messages naming the setting', () =
   const counter = counterConfig({ TLS_CERT: cert, TLS_KEY: key, TLS_CA: ca, TLS_CLIENT_AUTH: 'require' });
   assert.ok(counter.tls?.listens && counter.tls.dials && counter.tls.requireClientCert);
   assert.is(counterConfig({}).tls, null, 'no TLS by default');
+});
+
+/** `n` consecutive free ports on 127.0.0.1 (`up` numbers its counters from a base port). */
+async function freePorts(n: number): Promise<number> {
+  const listen = (port: number) =>
+    new Promise<net.Server | null>((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(null));
+      srv.listen(port, '127.0.0.1', () => resolve(srv));
+    });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = await listen(0);
+    if (!first) continue;
+    const base = (first.address() as net.AddressInfo).port;
+    const held = [first];
+    for (let p = base + 1; p < base + n && p <= 65535; p++) {
+      const srv = await listen(p);
+      if (!srv) break;
+      held.push(srv);
+    }
+    await Promise.all(held.map((srv) => new Promise((r) => srv.close(r))));
+    if (held.length === n) return base;
+  }
+  throw new Error(`no ${n} consecutive free ports`);
+}
+
+test('the README TLS quick start works as written: its openssl commands, its settings for npm start, its curl commands', async () => {
+  const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+  const at = readme.indexOf('### With TLS');
+  assert.ok(at > 0, 'the README has a "With TLS" quick start');
+  const section = readme.slice(at, readme.indexOf('\n## ', at));
+  const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
+  assert.is(blocks.length, 3, 'certificates, start, curl');
+  const dir = fs.mkdtempSync(path.join(certs.dir, 'readme-'));
+
+  // 1. the certificates, made by the README's own commands
+  execFileSync('bash', ['-e', '-c', blocks[0]!], { cwd: dir, stdio: 'pipe' });
+  // 2. `VAR=value ... npm start`: npm start is `counter-mesh up`, run here on free ports
+  const start = blocks[1]!.trim();
+  assert.match(start, /^(\w+=\S+ )+npm start$/);
+  const settings = Object.fromEntries([...start.matchAll(/(\w+)=(\S+)/g)].map((m) => [m[1]!, path.resolve(dir, m[2]!)]));
+  assert.equal(Object.keys(settings).sort(), ['TLS_CA', 'TLS_CERT', 'TLS_KEY']);
+  const httpPort = await freePorts(1);
+  const basePort = await freePorts(3);
+  const up = spawn(process.execPath, ['--import', 'tsx', MAIN, 'up'], {
+    cwd: ROOT,
+    env: { ...(process.env as Record<string, string>), ...SETTINGS, ...settings, HTTP_PORT: String(httpPort), COUNTER_BASE_PORT: String(basePort), DATA_DIR: path.join(dir, 'data'), LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output: string[] = [];
+  up.stdout.on('data', (d: Buffer) => output.push(d.toString()));
+  up.stderr.on('data', (d: Buffer) => output.push(d.toString()));
+  const exited = new Promise<void>((r) => up.once('exit', () => r()));
+  try {
+    const own = { ca: settings.TLS_CA!, cert: settings.TLS_CERT!, key: settings.TLS_KEY! };
+    const api = `https://127.0.0.1:${httpPort}`;
+    // every counter ready, so the home counter does not change between the write and the read
+    await waitFor(async () => {
+      const res = await httpsRequest(`${api}/counters`, own).catch(() => null);
+      return res?.ok === true && ((await res.json()) as { ready: boolean }[]).filter((c) => c.ready).length === 3;
+    }, 30_000, `the mesh started by up to be ready\n${output.join('').slice(-2000)}`);
+
+    // 3. each curl command, its expected output in the comment line under it
+    const commands: { cmd: string; expected: string }[] = [];
+    let pending = '';
+    for (const line of blocks[2]!.split('\n')) {
+      if (pending || line.startsWith('curl ')) {
+        pending += line.replace(/\\$/, ' ');
+        if (!line.endsWith('\\')) {
+          commands.push({ cmd: pending, expected: '' });
+          pending = '';
+        }
+      } else if (line.startsWith('# {') && commands.length > 0) {
+        commands.at(-1)!.expected = line.slice(2);
+      }
+    }
+    assert.ok(commands.length >= 3 && commands.every((c) => c.expected), `every curl command shows its output: ${JSON.stringify(commands)}`);
+    for (const { cmd, expected } of commands) {
+      assert.match(cmd, /127\.0\.0\.1:8080/);
+      const out = execFileSync('bash', ['-c', cmd.replaceAll('127.0.0.1:8080', `127.0.0.1:${httpPort}`)], { cwd: dir, encoding: 'utf8', timeout: 10_000 });
+      assert.is(out.trim(), expected, cmd);
+    }
+  } finally {
+    up.kill('SIGTERM');
+    await waitFor(() => up.exitCode !== null || up.signalCode !== null, 15_000, 'up to stop its children and exit').catch(() => up.kill('SIGKILL'));
+    await exited;
+  }
 });
 
 test.run();
