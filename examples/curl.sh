@@ -46,5 +46,11 @@ call -X POST "$BASE/items" -H 'Content-Type: application/json' \
 step "The counters this coordinator knows, their readiness and size"
 call "$BASE/counters"
 
+step "Prometheus metrics of the coordinator (a few lines of them; METRICS=off turns them off)"
+printf '$ curl %s | grep items_accepted\n' "$BASE/metrics"
+curl -sS ${AUTH[@]+"${AUTH[@]}"} "$BASE/metrics" | grep '^counter_mesh_items_accepted_total' || true
+
+step "The live status page is at $BASE/ (open it in a browser; with API_KEY, $BASE/#key=<API_KEY>)"
+
 step "Liveness of the coordinator process itself (no API key needed)"
 call "$BASE/health"

@@ -19,22 +19,31 @@ const TEXTS: Record<string, string> = {
 Starts the coordinator and COUNTER_COUNT counters as child processes on COUNTER_BASE_PORT,
 COUNTER_BASE_PORT+1, ...; each counter keeps its data in DATA_DIR/counter-<n>. Logs of all
 processes are interleaved, prefixed with the process name. A counter that dies is started again
-after about a second. Ctrl-C or SIGTERM stops everything. A random CLUSTER_SECRET is generated
+after about a second. Ctrl-C or SIGTERM stops everything: each child gets SIGTERM and
+SHUTDOWN_TIMEOUT_MS (plus 5 s) to stop before it is killed. A random CLUSTER_SECRET is generated
 for the children when none is set. Settings: COUNTER_COUNT, COUNTER_BASE_PORT, HTTP_PORT, HOST,
-DATA_DIR, LOG_LEVEL, and everything the coordinator and counters read.
+DATA_DIR, SHUTDOWN_TIMEOUT_MS, LOG_LEVEL, and everything the coordinator and counters read.
 `,
   coordinator: `Usage: counter-mesh coordinator [--http-port 8080] [--counters host:port,...]
 
 Settings: HTTP_PORT, HOST, COUNTERS, COORDINATOR_ID, CLUSTER_SECRET, API_KEY, BODY_LIMIT,
 MAX_BATCH, COUNTER_TIMEOUT_MS, DNS_REFRESH_MS, RATE_LIMIT_MAX, RATE_LIMIT_WINDOW_MS, TLS_CERT,
-TLS_KEY, TLS_CA, HEARTBEAT_MS, RECONNECT_MAX_MS, LOG_LEVEL. SIGHUP re-reads the TLS files.
+TLS_KEY, TLS_CA, HEARTBEAT_MS, RECONNECT_MAX_MS, TLS_CERT, TLS_KEY, TLS_CA, TLS_CLIENT_AUTH, METRICS, SHUTDOWN_TIMEOUT_MS,
+LOG_LEVEL. SIGHUP re-reads the TLS files.
+SIGHUP re-reads the TLS files.
+
+SIGTERM or SIGINT: stops accepting connections, answers the requests already received (at most
+SHUTDOWN_TIMEOUT_MS), closes the counter links, exits 0.
 `,
   counter: `Usage: counter-mesh counter [--counter-port 9001] [--peers host:port,...] [--data-dir ./data]
 
 Settings: COUNTER_PORT, HOST, COUNTER_ID, PEERS, DATA_DIR, ADVERTISE_ADDRESS, CLUSTER_SECRET,
 HEARTBEAT_MS, ANTI_ENTROPY_MS, GOSSIP_DELAY_MS, COMPACT_BYTES, MAX_MESSAGE_BYTES,
-RECONNECT_MAX_MS, TLS_CERT, TLS_KEY, TLS_CA, TLS_CLIENT_AUTH, LOG_LEVEL. SIGHUP re-reads the
-TLS files.
+RECONNECT_MAX_MS, TLS_CERT, TLS_KEY, TLS_CA, TLS_CLIENT_AUTH, METRICS, SHUTDOWN_TIMEOUT_MS,
+LOG_LEVEL. SIGHUP re-reads the TLS files.
+
+SIGTERM or SIGINT: reports not ready, answers the adds already taken once they are fsynced (at
+most SHUTDOWN_TIMEOUT_MS), hands its last updates to its peers, closes, exits 0.
 `,
 };
 

@@ -2,10 +2,9 @@
  * `counter-mesh <command>`: up, coordinator, counter. (The chaos and bench tools live in tools/ and run on their own.)
  */
 import { ConfigError, coordinatorConfig, counterConfig, launcherConfig, loadEnv } from '../shared/config.ts';
-import { createLogger } from '../shared/log.ts';
+import { createLogger, type Logger } from '../shared/log.ts';
 import { HELP, commandHelp } from './help.ts';
 import type { TlsFiles } from '../shared/tls.ts';
-import type { Logger } from 'pino';
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -26,7 +25,7 @@ async function main(argv: string[]): Promise<number> {
       const { Counter } = await import('../counter/counter.ts');
       const counter = await Counter.start(config, log);
       reloadOnHangup(config.tls, log);
-      return untilSignal(() => counter.close(), log);
+      return untilSignal(() => counter.close(), log, config.shutdownTimeoutMs);
     }
     case 'coordinator': {
       const config = coordinatorConfig(loadEnv(rest));
@@ -34,7 +33,7 @@ async function main(argv: string[]): Promise<number> {
       const { Coordinator } = await import('../coordinator/server.ts');
       const coordinator = await Coordinator.start(config, log);
       reloadOnHangup(config.tls, log);
-      return untilSignal(() => coordinator.close(), log);
+      return untilSignal(() => coordinator.close(), log, config.shutdownTimeoutMs);
     }
     case 'up': {
       const env = loadEnv(rest);
@@ -62,17 +61,36 @@ function reloadOnHangup(tls: TlsFiles | null, log: Logger): void {
   });
 }
 
-function untilSignal(close: () => Promise<void>, log: { info: (o: object, m: string) => void }): Promise<number> {
+/**
+ * Resolves with the exit code once SIGINT or SIGTERM has stopped the process: 0 after a graceful
+ * close (bounded by SHUTDOWN_TIMEOUT_MS inside `close`), 1 if closing failed. A repeated signal
+ * does not cut the wait short (under `up`, Ctrl-C reaches a child as SIGINT and `up` then sends
+ * SIGTERM); SIGKILL does.
+ */
+function untilSignal(close: () => Promise<void>, log: Logger, timeoutMs: number): Promise<number> {
   return new Promise((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, 'stopping');
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.info({ signal }, 'already stopping');
+        return;
+      }
+      stopping = true;
+      const t0 = Date.now();
+      log.info({ signal, timeoutMs }, 'stopping: no new connections; answering the requests already received');
       close().then(
-        () => resolve(0),
-        () => resolve(1),
+        () => {
+          log.info({ ms: Date.now() - t0 }, 'stopped');
+          resolve(0);
+        },
+        (err: Error) => {
+          log.error({ err }, 'could not stop cleanly');
+          resolve(1);
+        },
       );
     };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
   });
 }
 

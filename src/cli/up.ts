@@ -17,6 +17,8 @@ const RESTART_DELAY_MS = 1000;
 /** A child that keeps dying right after start (bad setting, port taken) is retried ever more slowly. */
 const MAX_RESTART_DELAY_MS = 30_000;
 const STABLE_AFTER_MS = 10_000;
+/** On stop, how long past the children's SHUTDOWN_TIMEOUT_MS `up` waits before it SIGKILLs them. */
+const KILL_AFTER_TIMEOUT_MS = 5_000;
 
 interface Child {
   name: string;
@@ -92,9 +94,10 @@ export async function runUp(config: Readonly<LauncherConfig>, env: Env): Promise
         c.proc!.once('exit', () => --left === 0 && resolve(0));
         c.proc!.kill('SIGTERM');
       }
+      // each child answers what it has received within SHUTDOWN_TIMEOUT_MS; one that hangs past that is killed
       setTimeout(() => {
         for (const c of children) c.proc?.kill('SIGKILL');
-      }, 5000).unref();
+      }, config.shutdownTimeoutMs + KILL_AFTER_TIMEOUT_MS).unref();
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

@@ -2,12 +2,19 @@
  * The coordinator's persistent WebSocket to one counter: requests with ids, replies matched back,
  * timeouts, and the counter's last Status.
  */
-import type WebSocket from 'ws';
 import type { Logger } from 'pino';
 import { Dialer } from '../protocol/dialer.ts';
-import { MeshSocket } from '../protocol/mesh-socket.ts';
-import { MessageType, ReplyStatus, writeAdd, writeCount, writeHello, type Item, type Message, type Status } from '../protocol/messages.ts';
+import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
+import { MessageType, ProtocolError, ReplyStatus, writeAdd, writeCount, writeHello, type Item, type Message, type Status } from '../protocol/messages.ts';
+import type { Transport, Wire } from '../protocol/wire.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { CoordinatorConfig } from '../shared/config.ts';
+
+/** How a coordinator reaches counters: WebSockets and the system clock in production, the in-memory mesh in tests. */
+export interface LinkRuntime {
+  transport: Transport;
+  clock: Clock;
+}
 
 /** The counter could not do it (down, not ready, disk failing, timed out): another counter may. */
 export class CounterUnavailableError extends Error {
@@ -49,13 +56,14 @@ function frameBytesAtMost(items: readonly Item[]): number {
   return n;
 }
 
-export class CounterLink {
+export class CounterLink implements Receiver {
   status: Status | null = null;
   lastHeardAt: number | null = null;
   private sock: MeshSocket | null = null;
   private readonly dialer: Dialer;
   private readonly pending = new Map<number, Pending>();
-  private readonly sweep: NodeJS.Timeout;
+  private readonly sweep: TimerHandle;
+  private readonly clock: Clock;
   private nextReqId = 1;
   private addQueue: QueuedAdd[] = [];
   private addsInFlight = 0;
@@ -68,21 +76,19 @@ export class CounterLink {
     private readonly config: Readonly<CoordinatorConfig>,
     private readonly log: Logger,
     private readonly onStatus: (link: CounterLink) => void,
+    runtime: LinkRuntime,
   ) {
+    this.clock = runtime.clock;
     this.dialer = new Dialer({
       address,
-      secret: config.clusterSecret,
-      previousSecret: config.acceptedSecrets[1],
-      tls: config.tls,
-      host: config.host,
-      maxPayload: 1024 * 1024,
+      transport: runtime.transport,
+      clock: runtime.clock,
       reconnectMaxMs: config.reconnectMaxMs,
       log,
-      onOpen: (ws) => this.attach(ws),
+      onOpen: (wire) => this.attach(wire),
     });
     this.dialer.start();
-    this.sweep = setInterval(() => this.expire(), Math.max(10, Math.floor(config.counterTimeoutMs / 10)));
-    this.sweep.unref();
+    this.sweep = this.clock.setInterval(() => this.expire(), Math.max(10, Math.floor(config.counterTimeoutMs / 10)));
   }
 
   get id(): string {
@@ -116,7 +122,7 @@ export class CounterLink {
     if (this.flushScheduled || this.addQueue.length === 0 || this.addsInFlight >= MAX_ADDS_IN_FLIGHT) return;
     this.flushScheduled = true;
     // the rest of this turn's requests join the frame
-    setImmediate(() => this.flushAdds());
+    this.clock.setImmediate(() => this.flushAdds());
   }
 
   private flushAdds(): void {
@@ -169,7 +175,7 @@ export class CounterLink {
   }
 
   close(): void {
-    clearInterval(this.sweep);
+    this.clock.clear(this.sweep);
     this.dialer.close();
     this.sock?.close();
     this.failAll('coordinator shutting down');
@@ -181,7 +187,7 @@ export class CounterLink {
     const reqId = this.nextReqId++;
     if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
     return new Promise<number>((resolve, reject) => {
-      this.pending.set(reqId, { resolve, reject, deadline: Date.now() + this.config.counterTimeoutMs });
+      this.pending.set(reqId, { resolve, reject, deadline: this.clock.now() + this.config.counterTimeoutMs });
       if (now) sock.sendNow(frame(reqId));
       else sock.send(frame(reqId));
     });
@@ -189,7 +195,7 @@ export class CounterLink {
 
   /** One sweep timer instead of a timer per request (measurable at tens of thousands of reads/s). */
   private expire(): void {
-    const now = Date.now();
+    const now = this.clock.now();
     let expired = 0;
     for (const [reqId, p] of this.pending) {
       if (p.deadline > now) continue;
@@ -203,24 +209,21 @@ export class CounterLink {
     }
   }
 
-  private attach(ws: WebSocket): void {
-    const sock = new MeshSocket(ws, this.address, {
-      heartbeatMs: this.config.heartbeatMs,
-      log: this.log,
-      onMessage: (msg) => this.onMessage(msg),
-      onClose: () => {
-        if (this.sock === sock) this.sock = null;
-        this.failAll(`connection to counter ${this.id} closed`);
-        this.onStatus(this);
-      },
-    });
+  private attach(wire: Wire): void {
+    const sock = new MeshSocket(wire, this.address, this, { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock });
     this.sock = sock;
     this.suspect = false;
     sock.send(writeHello({ role: 'coordinator', nodeId: this.config.id, address: '' }));
   }
 
-  private onMessage(msg: Message): void {
-    this.lastHeardAt = Date.now();
+  onClose(sock: MeshSocket): void {
+    if (this.sock === sock) this.sock = null;
+    this.failAll(`connection to counter ${this.id} closed`);
+    this.onStatus(this);
+  }
+
+  onMessage(msg: Message): void {
+    this.lastHeardAt = this.clock.now();
     this.suspect = false;
     switch (msg.type) {
       case MessageType.Hello:
@@ -242,7 +245,7 @@ export class CounterLink {
         return;
       }
       default:
-        throw new Error(`message type ${msg.type} is not valid from a counter`);
+        throw new ProtocolError(`message type ${msg.type} is not valid from a counter`);
     }
   }
 

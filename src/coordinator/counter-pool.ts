@@ -16,7 +16,9 @@ import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { formatAddress, isAddress, type Address } from '../shared/address.ts';
 import type { Item } from '../protocol/messages.ts';
-import { CounterLink, CounterUnavailableError } from './counter-link.ts';
+import { CounterLink, CounterUnavailableError, type LinkRuntime } from './counter-link.ts';
+import type { TimerHandle } from '../shared/clock.ts';
+import { lagBehind } from './replication-lag.ts';
 
 export class NoCounterAvailableError extends Error {
   override name = 'NoCounterAvailableError';
@@ -29,6 +31,8 @@ export interface CounterView {
   ready: boolean;
   lastHeardAt: string | null;
   items: number | null;
+  /** Age of the oldest update other counters hold that this one lacks, as they last reported; null if none reports lag. */
+  replicationLagSeconds: number | null;
 }
 
 function hash32(s: string): number {
@@ -47,11 +51,16 @@ export class CounterPool {
   private readonly links = new Map<string, CounterLink>();
   /** Links made from members' announcements rather than from COUNTERS. */
   private readonly learned = new Set<CounterLink>();
-  private readonly refresh: NodeJS.Timeout;
+  private readonly refresh: TimerHandle;
+  /** Requests that left their first counter for another (read by the metrics). */
+  failovers = 0;
 
-  constructor(private readonly config: Readonly<CoordinatorConfig>, private readonly log: Logger) {
-    this.refresh = setInterval(() => void this.resolveConfigured(), config.dnsRefreshMs);
-    this.refresh.unref();
+  constructor(
+    private readonly config: Readonly<CoordinatorConfig>,
+    private readonly log: Logger,
+    private readonly runtime: LinkRuntime,
+  ) {
+    this.refresh = runtime.clock.setInterval(() => void this.resolveConfigured(), config.dnsRefreshMs);
   }
 
   async start(): Promise<void> {
@@ -64,6 +73,7 @@ export class CounterPool {
   }
 
   view(): CounterView[] {
+    const statuses = [...this.links.values()].map((l) => l.status);
     return [...this.links.values()].map((l) => ({
       id: l.id,
       address: l.address,
@@ -71,6 +81,7 @@ export class CounterPool {
       ready: l.usable,
       lastHeardAt: l.lastHeardAt ? new Date(l.lastHeardAt).toISOString() : null,
       items: l.status?.items ?? null,
+      replicationLagSeconds: lagBehind(l.id, statuses),
     }));
   }
 
@@ -121,6 +132,7 @@ export class CounterPool {
 
   private async failOver(request: (link: CounterLink) => Promise<number>, failed: CounterLink, err: unknown): Promise<number> {
     if (!(err instanceof CounterUnavailableError)) throw err;
+    this.failovers++;
     this.log.debug({ counter: failed.id, err: err.message }, 'failing over');
     let lastErr = err;
     for (const link of this.candidates(new Set([failed]))) {
@@ -135,14 +147,14 @@ export class CounterPool {
   }
 
   close(): void {
-    clearInterval(this.refresh);
+    this.runtime.clock.clear(this.refresh);
     for (const l of this.links.values()) l.close();
   }
 
   private ensure(address: string, learned = false): void {
     if (this.links.has(address)) return;
     this.log.info({ address, learned }, 'new counter');
-    const link = new CounterLink(address, this.config, this.log.child({ counter: address }), (l) => this.onStatus(l));
+    const link = new CounterLink(address, this.config, this.log.child({ counter: address }), (l) => this.onStatus(l), this.runtime);
     if (learned) this.learned.add(link);
     this.links.set(address, link);
   }

@@ -22,6 +22,8 @@
  * | 429    | RATE_LIMITED             | more than RATE_LIMIT_MAX requests in RATE_LIMIT_WINDOW_MS from one client (`Retry-After`) |
  * | 400    | HTTPS_REQUIRED           | plain HTTP to a TLS port (answered in clear text by src/shared/tls.ts, then closed) |
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
+ * | 503    | TOO_MANY_VIEWERS         | 64 status-page streams are open already (`Retry-After`)            |
+ * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
  * | 500    | INTERNAL                 | a bug; logged                                                      |
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';

@@ -1,5 +1,6 @@
 /**
- * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters.
+ * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters; and the
+ * operator's routes: /metrics and the status page (/, /status/events).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -9,31 +10,46 @@ import type { Item } from '../protocol/messages.ts';
 import { countParams, countResponse, postItemsBody, postItemsResponse } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
 import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
+import { wsTransport } from '../protocol/ws-wire.ts';
+import { systemClock } from '../shared/clock.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
 import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
 import rateLimit from '@fastify/rate-limit';
+import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
+import { CoordinatorMetrics } from './metrics.ts';
+import { PAGE_PATHS, StatusPage } from './status-page.ts';
+import { closeWithin, drainingResponse, type DrainState } from '../shared/http-shutdown.ts';
 
 export { TIMEOUTS };
 
 /** Routes that answer without API_KEY (load balancers and orchestrators probe them). */
-const OPEN_ROUTES = new Set(['/health', '/ready']);
+const OPEN_ROUTES = new Set<string>(['/health', '/ready', ...PAGE_PATHS]);
 const MAX_URL_LENGTH = 8192;
 /** Which methods each path answers, for 405 + Allow. */
 const ALLOWED: [RegExp, string][] = [
   [/^\/items\/?$/, 'POST'],
   [/^\/items\/[^/]+\/count\/?$/, 'GET, HEAD'],
-  [/^\/(health|ready|counters)\/?$/, 'GET, HEAD'],
+  [/^\/(health|ready|counters|metrics)\/?$/, 'GET, HEAD'],
+  [/^\/(status-page\/(app\.js|style\.css))?$/, 'GET, HEAD'],
+  [/^\/status\/events\/?$/, 'GET'],
 ];
 
 type Req = FastifyRequest & { singleItem?: boolean };
 
 /** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
-export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & { add(items: readonly Item[]): Promise<unknown> };
+export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partial<Pick<CounterPool, 'failovers'>> & {
+  add(items: readonly Item[]): Promise<unknown>;
+};
 
 export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
+  const drain: DrainState = { draining: false };
   const app: FastifyInstance = Fastify({
+    // once close() begins, responses say `Connection: close` (see drainingResponse)
+    http: { ServerResponse: drainingResponse(drain) },
+    // requests that reach us while we drain (already on an open connection) are answered, not 503'd
+    return503OnClosing: false,
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimit,
@@ -49,11 +65,17 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     childLoggerFactory: (logger) => logger,
     // extra properties are rejected, never silently dropped; nothing is coerced
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    // TLS_CERT/TLS_KEY: the public port speaks HTTPS only (plain HTTP gets a 400 HTTPS_REQUIRED)
-    ...(config.tls?.listens ? { https: config.tls.serverOptions() } : {}),
+    // TLS_CERT/TLS_KEY: the public port speaks HTTPS only (plain HTTP gets a 400 HTTPS_REQUIRED);
+    // https.createServer takes the http options too, the draining response among them
+    ...(config.tls?.listens ? { https: { ...config.tls.serverOptions(), ServerResponse: drainingResponse(drain) } } : {}),
   }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
+  // runs when close() begins, before the listener closes
+  app.addHook('preClose', (done) => {
+    drain.draining = true;
+    done();
+  });
   if (config.tls?.listens) {
     const detach = serveTls(app.server as unknown as TlsServer, config.tls, log, TIMEOUTS.headersMs);
     app.addHook('onClose', async () => detach());
@@ -100,8 +122,31 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     });
   }
 
+  // METRICS=off: no hook at all, for the same reason
+  const metrics = config.metrics ? new CoordinatorMetrics(pool) : null;
+  if (metrics) {
+    app.addHook('onResponse', (req, reply, done) => {
+      metrics.onResponse(req.routeOptions.url, req.method, reply.statusCode, reply.elapsedTime);
+      done();
+    });
+  }
+  const page = new StatusPage({ coordinatorId: config.id, heartbeatMs: config.heartbeatMs }, pool, metrics);
+  page.register(app);
+  // before the server closes: it waits for open responses, and a status stream never ends by itself
+  app.addHook('preClose', (done) => {
+    page.close();
+    done();
+  });
+  app.get('/metrics', async (_req, reply) => {
+    if (!metrics) return sendError(reply, 404, 'NOT_FOUND', 'metrics are off on this coordinator (METRICS=off); start it with METRICS=on');
+    const text = await metrics.registry.metrics();
+    return reply.type(METRICS_CONTENT_TYPE).send(text);
+  });
+
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_req, reply) => {
+    // load balancers stop sending here while the requests already received are answered
+    if (drain.draining) return sendError(reply, 503, 'SHUTTING_DOWN', 'the coordinator is shutting down; send requests to another coordinator');
     if (!pool.anyUsable) return sendError(reply, 503, 'NO_COUNTER', 'no counter is reachable and ready');
     return { ready: true };
   });
@@ -115,6 +160,7 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
       } catch (err) {
         return unavailable(reply, err);
       }
+      metrics?.accepted(req.body.length);
       return { accepted: req.body.length };
     },
   });
@@ -167,10 +213,17 @@ function addRateLimit(app: FastifyInstance, config: Readonly<CoordinatorConfig>)
 }
 
 export class Coordinator {
-  private constructor(readonly app: FastifyInstance, readonly pool: CounterPool) {}
+  private constructor(
+    readonly app: FastifyInstance,
+    readonly pool: CounterPool,
+    private readonly config: Readonly<CoordinatorConfig>,
+    private readonly log: Logger,
+  ) {}
 
   static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
-    const pool = new CounterPool(config, log.child({ component: 'pool' }));
+    // counters send small replies and status messages only: 1 MiB bounds what one may send us
+    const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: 1024 * 1024, log });
+    const pool = new CounterPool(config, log.child({ component: 'pool' }), { transport, clock: systemClock });
     await pool.start();
     const app = buildCoordinatorServer(config, pool, log);
     try {
@@ -180,11 +233,17 @@ export class Coordinator {
       throw err;
     }
     log.info({ address: app.server.address(), counters: config.counters.length }, 'coordinator listening');
-    return new Coordinator(app, pool);
+    return new Coordinator(app, pool, config, log);
   }
 
+  /**
+   * Stops taking connections, answers every request already received (they still need the
+   * counters, so the counter links close last), and cuts what is still open after
+   * SHUTDOWN_TIMEOUT_MS.
+   */
   async close(): Promise<void> {
+    const cut = await closeWithin(this.app, this.config.shutdownTimeoutMs);
+    if (cut > 0) this.log.warn({ connections: cut, timeoutMs: this.config.shutdownTimeoutMs }, 'requests still open at SHUTDOWN_TIMEOUT_MS; their connections were cut');
     this.pool.close();
-    await this.app.close();
   }
 }

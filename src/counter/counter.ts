@@ -3,18 +3,56 @@
  * from coordinators and acknowledges them only once they are fsynced.
  */
 import type { FastifyInstance } from 'fastify';
-import type { WebSocketServer } from 'ws';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
+import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
 import type { Item, Status } from '../protocol/messages.ts';
-import { GSet, STORAGE, type Origin } from './gset.ts';
-import { Storage } from './storage.ts';
+import type { Transport, Wire } from '../protocol/wire.ts';
+import { wsTransport } from '../protocol/ws-wire.ts';
+import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
+import { DataDirLock, LogStore } from './storage/index.ts';
 import { Gossip } from './gossip.ts';
+import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
+import { CounterMetrics } from './metrics.ts';
+import { closeWithin } from '../shared/http-shutdown.ts';
 
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
+
+/** What the counter needs of its disk: the log store in production, an in-memory log in tests. */
+export interface UpdateLog {
+  /** Appends one update; resolves once written, and fsynced when `durable`. Appends are written in order. */
+  append(update: Uint8Array, durable: boolean): Promise<void>;
+  /** True when the log has grown enough to be folded into a snapshot (the store's policy). */
+  needsCompaction(): boolean;
+  /** Writes the state `snapshot` returns as the new snapshot and drops the logs it covers. */
+  compact(snapshot: () => Uint8Array): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** What a counter's disk held at start. */
+export interface Recovered {
+  snapshot: Uint8Array | null;
+  updates: Uint8Array[];
+  /** Files found damaged and moved aside: the counter waits for a peer's state before serving. */
+  damaged: string[];
+  tornTail: boolean;
+}
+
+/** The world a counter runs in; tests substitute the in-memory network, log and a virtual clock. */
+export interface CounterRuntime {
+  log: UpdateLog;
+  /** DATA_DIR's lock, released once the log is closed (none in tests). */
+  lock?: { close(): Promise<void> };
+  transport: Transport;
+  clock: Clock;
+  /** A fixed Yjs clientID, for seeded test runs only. */
+  clientID?: number;
+  /** With METRICS=on: what the counter reports to them (none in tests). */
+  metrics?: CounterMetrics | null;
+}
 
 interface PendingAdd {
   items: Item[];
@@ -24,57 +62,97 @@ interface PendingAdd {
 
 export class Counter implements CounterApi {
   readonly gset: GSet;
-  readonly gossip: Gossip;
-  readonly sessions: CoordinatorSessions;
-  private app!: FastifyInstance;
-  private wss!: WebSocketServer;
+  private readonly gossip: Gossip;
+  private readonly sessions: CoordinatorSessions;
+  private readonly storage: UpdateLog;
+  private readonly lock: { close(): Promise<void> } | undefined;
+  private readonly clock: Clock;
+  private app: FastifyInstance | null = null;
   private queue: PendingAdd[] = [];
   private flushScheduled = false;
-  private lastAppend: Promise<void> = Promise.resolve();
+  /** Settles once every update appended so far is in the log (appends are written in order). */
+  private logTail: Promise<void> = Promise.resolve();
   /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */
   private persistDebt = false;
   private needsPeerSync = false;
   /** Briefly after start, wait for one peer's state so a restarted counter does not answer stale counts. */
   private catchingUp = false;
-  private catchUpTimer: NodeJS.Timeout | null = null;
+  private catchUpTimer: TimerHandle | null = null;
   private closing = false;
+  private closed: Promise<void> | null = null;
   private lastStatusKey = '';
-  private snapshotBytes = 0;
+  /** Null with METRICS=off. */
+  readonly metrics: CounterMetrics | null;
 
   private constructor(
     readonly config: Readonly<CounterConfig>,
-    private readonly storage: Storage,
+    runtime: CounterRuntime,
     private readonly log: Logger,
   ) {
-    this.gset = new GSet(log.child({ component: 'gset' }));
-    this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), {
-      onSynced: (peer) => this.onSynced(peer),
+    this.storage = runtime.log;
+    this.lock = runtime.lock;
+    this.clock = runtime.clock;
+    this.metrics = runtime.metrics ?? null;
+    this.gset = new GSet(log.child({ component: 'gset' }), runtime.clientID);
+    const events = {
+      onSynced: (peer: string | null) => this.onSynced(peer),
       onMembersChanged: () => this.statusChanged(),
-    });
-    this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }));
+      onApplied: (update: Uint8Array, origin: Origin) => void this.commit(update, origin).catch(() => {}),
+      observer: this.metrics?.gossip,
+    };
+    this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock);
+    this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }), runtime.clock);
   }
 
-  /** Opens DATA_DIR (taking its lock), replays it, then listens. */
+  /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens on COUNTER_PORT. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
-    const { storage, recovered } = await Storage.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: log.child({ component: 'storage' }) });
-    const counter = new Counter(config, storage, log);
+    const metrics = config.metrics ? new CounterMetrics(config.antiEntropyMs, systemClock) : null;
+    const storageLog = log.child({ component: 'storage' });
+    // the lock is the directory's, taken once; log stores (one today) open under it
+    const lock = await DataDirLock.acquire(config.dataDir, storageLog);
+    const { store, recovered } = await LogStore.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: storageLog, observer: metrics?.storage }).catch(async (err: unknown) => {
+      await lock.close();
+      throw err;
+    });
+    const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: config.maxMessageBytes, log });
+    const counter = new Counter(config, { log: store, lock, transport, clock: systemClock, metrics }, log);
+    metrics?.attach(counter, { connectedPeers: () => counter.connectedPeers() });
     try {
-      await counter.recover(recovered.snapshot, recovered.updates, recovered.damaged, recovered.tornTail);
-      log.info({ items: counter.gset.size, tenants: counter.gset.tenants, ms: Date.now() - t0, clientID: counter.gset.doc.clientID }, 'state loaded');
-      counter.gset.doc.on('update', counter.persist);
-      const { app, wss } = buildCounterServer(counter, log);
+      await counter.recover(recovered);
+      metrics?.replayed((Date.now() - t0) / 1000);
+      const app = buildCounterServer({ config, log, counter, acceptMesh: (wire, remote) => counter.accept(wire, remote), metrics });
       counter.app = app;
-      counter.wss = wss;
       await app.listen({ host: config.host, port: config.port });
-      counter.startCatchUp();
-      counter.gossip.start();
+      counter.join();
       log.info({ id: config.id, address: app.server.address(), advertised: config.advertiseAddress, ready: counter.ready }, 'counter listening');
       return counter;
     } catch (err) {
       await counter.close();
       throw err;
     }
+  }
+
+  /** A counter on a runtime of the caller's (the in-memory mesh tests): recovers, then joins the mesh. */
+  static async create(config: Readonly<CounterConfig>, runtime: CounterRuntime, recovered: Recovered, log: Logger): Promise<Counter> {
+    const counter = new Counter(config, runtime, log);
+    await counter.recover(recovered);
+    counter.join();
+    return counter;
+  }
+
+  /** Serves an accepted mesh connection: the handshake hands it to a peer or a coordinator session. */
+  accept(wire: Wire, remote: string): void {
+    if (this.closing) {
+      wire.terminate();
+      return;
+    }
+    Handshake.accept(
+      wire,
+      remote,
+      { peer: (sock, hello) => this.gossip.adopt(sock, hello), coordinator: (sock) => this.sessions.adopt(sock) },
+      { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock },
+    );
   }
 
   get id(): string {
@@ -101,7 +179,12 @@ export class Counter implements CounterApi {
   }
 
   status(): Status {
-    return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members() };
+    return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members(), lag: this.metrics?.lagByPeer() };
+  }
+
+  /** Peers linked to this counter: its awareness state lists them (gossip publishes it for routing). */
+  connectedPeers(): number {
+    return ((this.gossip.awareness.getLocalState() as { peers?: unknown[] } | null)?.peers ?? []).length;
   }
 
   /**
@@ -113,56 +196,92 @@ export class Counter implements CounterApi {
       this.queue.push({ items, resolve, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
-        setImmediate(() => void this.flush());
+        this.clock.setImmediate(() => void this.flush());
       }
     });
   }
 
-  async close(): Promise<void> {
-    if (this.closing) return;
-    this.closing = true;
-    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
-    this.gossip.close();
-    this.sessions.close();
-    for (const c of this.wss?.clients ?? []) c.terminate();
-    this.wss?.close();
-    await this.app?.close();
-    await this.lastAppend.catch(() => {});
-    await this.storage.close();
+  /**
+   * Stops gracefully (README "Operations / Shutdown"): reports not ready at once, so coordinators
+   * send new requests elsewhere; answers the adds already taken, whose group commit finishes and
+   * is fsynced first; hands the updates still gathered for gossip to the peers, closes every
+   * connection with a close handshake, then syncs and closes the log and detaches the document's
+   * listeners. Waits at most SHUTDOWN_TIMEOUT_MS for the adds and for the connections.
+   */
+  close(): Promise<void> {
+    this.closed ??= this.stop();
+    return this.closed;
   }
 
+  private async stop(): Promise<void> {
+    this.closing = true;
+    this.clock.clear(this.catchUpTimer);
+    // not ready from now on: new Adds and Counts are refused, and the coordinators hear it now
+    this.sessions.pushStatus();
+    const timeoutMs = this.config.shutdownTimeoutMs;
+    const pending = this.sessions.pending;
+    await this.sessions.whenAnswered(timeoutMs);
+    this.log.info({ adds: pending, unanswered: this.sessions.pending }, 'stopping: answered the adds taken before the stop');
+    this.gossip.close();
+    this.sessions.close();
+    this.metrics?.close();
+    if (this.app) {
+      // the server waits for the mesh sockets too, closing with their handshake (cut after a second by MeshSocket)
+      const cut = await closeWithin(this.app, timeoutMs);
+      if (cut > 0) this.log.warn({ connections: cut, timeoutMs }, 'connections still open at SHUTDOWN_TIMEOUT_MS were cut');
+    }
+    await this.logTail.catch(() => {});
+    try {
+      await this.storage.close();
+    } finally {
+      await this.lock?.close();
+      this.gset.close();
+    }
+  }
+
+  /**
+   * The write path: apply the batch in memory (one transaction), store it (log, fsync), hand it to
+   * gossip, and acknowledge once the log has it. Items already held make no update, but may be
+   * in an append still in flight: their acknowledgment waits for the log's tail.
+   */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
     const batch = this.queue;
     this.queue = [];
     try {
-      this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
-      // the latest append covers ours and every earlier one: the log is written in order
-      await this.lastAppend;
+      const update = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
+      await (update ? this.commit(update, LOCAL) : this.logTail);
       if (this.persistDebt) await this.repayDebt();
       for (const b of batch) b.resolve(b.items.length);
+      if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));
     } catch (err) {
       const e = new Error(`could not store the items durably: ${(err as Error).message}`);
       for (const b of batch) b.reject(e);
     }
   }
 
-  private readonly persist = (update: Uint8Array, origin: Origin): void => {
-    if (origin === STORAGE) return;
-    // a peer's update is durable on that peer already: no fsync to wait for here
-    const p = this.storage.append(update, origin.kind !== 'peer');
-    this.lastAppend = p;
-    p.then(
+  /**
+   * Every update this counter applied, its own or a peer's, goes here once: first to the log (our
+   * own writes fsynced before they are acknowledged; a peer's are durable on that peer already,
+   * so they are synced with our next write), then to gossip, which forwards it to the peers that
+   * lack it. Resolves when the log has it.
+   */
+  private commit(update: Uint8Array, origin: Origin): Promise<void> {
+    const appended = this.storage.append(update, origin.kind !== 'peer');
+    this.logTail = appended;
+    appended.then(
       () => {
-        // the log may grow to the snapshot's size before compacting again: total rewrite work stays linear
-        if (this.storage.logBytes > Math.max(this.config.compactBytes, this.snapshotBytes)) this.compact();
+        // the store owns the policy (see LogStore.needsCompaction); the counter asks after each append
+        if (this.storage.needsCompaction()) this.compact();
       },
       () => {
         // the storage layer logged it; the next acknowledged write rewrites the whole state
         this.persistDebt = true;
       },
     );
-  };
+    this.gossip.enqueue(update, origin);
+    return appended;
+  }
 
   private async repayDebt(): Promise<void> {
     await this.storage.compact(() => this.snapshot());
@@ -171,16 +290,15 @@ export class Counter implements CounterApi {
   }
 
   private snapshot(): Uint8Array {
-    const state = this.gset.encodeState();
-    this.snapshotBytes = state.length;
-    return state;
+    return this.gset.encodeState();
   }
 
   private compact(): void {
     this.storage.compact(() => this.snapshot()).catch((err: Error) => this.log.error({ err }, 'compaction failed; will retry after the next write'));
   }
 
-  private async recover(snapshot: Uint8Array | null, updates: Uint8Array[], damaged: string[], tornTail: boolean): Promise<void> {
+  private async recover({ snapshot, updates, damaged, tornTail }: Recovered): Promise<void> {
+    const t0 = this.clock.now();
     const all = snapshot ? [snapshot, ...updates] : updates;
     if (all.length > 0) this.gset.applyUpdates(all, STORAGE);
     if (damaged.length > 0) {
@@ -188,22 +306,27 @@ export class Counter implements CounterApi {
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
-    this.snapshotBytes = snapshot?.length ?? 0;
     if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
+    this.log.info({ items: this.gset.size, tenants: this.gset.tenants, ms: this.clock.now() - t0, clientID: this.gset.doc.clientID }, 'state loaded');
+  }
+
+  /** Starts replicating: dial PEERS, wait briefly for one peer's state before serving. */
+  private join(): void {
+    this.startCatchUp();
+    this.gossip.start();
   }
 
   private startCatchUp(): void {
     if (this.config.peers.length === 0) return;
     this.catchingUp = true;
     // peers that are all down must not keep a healthy counter out of service for long
-    this.catchUpTimer = setTimeout(() => this.endCatchUp('no peer answered in time'), CATCH_UP_GRACE_HEARTBEATS * this.config.heartbeatMs);
-    this.catchUpTimer.unref();
+    this.catchUpTimer = this.clock.setTimeout(() => this.endCatchUp('no peer answered in time'), CATCH_UP_GRACE_HEARTBEATS * this.config.heartbeatMs);
   }
 
   private endCatchUp(why: string): void {
     if (!this.catchingUp) return;
     this.catchingUp = false;
-    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
+    this.clock.clear(this.catchUpTimer);
     this.log.info({ why, items: this.gset.size }, 'ready');
     this.statusChanged();
   }

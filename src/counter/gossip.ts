@@ -11,18 +11,20 @@
  * Updates are gathered for GOSSIP_DELAY_MS and leave merged, one message per peer: under load a
  * peer then wakes, decodes and stores once per window instead of once per transaction.
  */
-import type WebSocket from 'ws';
 import * as Y from 'yjs';
-import * as encoding from 'lib0/encoding';
+import * as decoding from 'lib0/decoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
-import { CloseCode, MessageType, writeAwareness, writeHello, writeSync, type Member, type Message } from '../protocol/messages.ts';
-import { MeshSocket } from '../protocol/mesh-socket.ts';
+import { CloseCode, MessageType, ProtocolError, writeAwareness, writeHello, writeSync, type Member, type Message } from '../protocol/messages.ts';
+import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
+import type { Transport, Wire } from '../protocol/wire.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { formatAddress, isAddress } from '../shared/address.ts';
 import type { GSet, Origin } from './gset.ts';
+import type { GossipObserver } from './metrics.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
@@ -38,6 +40,10 @@ export interface GossipEvents {
   /** A peer's full state (sync step 2) was applied. */
   onSynced: (peerId: string | null) => void;
   onMembersChanged: () => void;
+  /** A peer's update changed our state: the counter stores it, then hands it back to `enqueue`. */
+  onApplied: (update: Uint8Array, origin: Origin) => void;
+  /** Metrics (METRICS=on): per-peer traffic and state vectors. */
+  observer?: GossipObserver | undefined;
 }
 
 export class Gossip {
@@ -47,12 +53,12 @@ export class Gossip {
   private readonly configured: Set<string>;
   /** Addresses that turned out to be ourselves. */
   private readonly selfAddresses = new Set<string>();
-  private readonly antiEntropy: NodeJS.Timeout;
+  private readonly antiEntropy: TimerHandle;
   /** Peer id → the peer ids it announced being connected to; rebuilt after awareness changes. */
   private linksOf: Map<string, ReadonlySet<string>> | null = null;
   /** Updates not yet sent, by where they came from (which decides who gets them). */
   private outbox = new Map<Origin, Uint8Array[]>();
-  private outboxTimer: NodeJS.Timeout | null = null;
+  private outboxTimer: TimerHandle | null = null;
   private closed = false;
 
   constructor(
@@ -60,14 +66,14 @@ export class Gossip {
     private readonly gset: GSet,
     private readonly log: Logger,
     private readonly events: GossipEvents,
+    private readonly transport: Transport,
+    private readonly clock: Clock,
   ) {
     this.configured = new Set(config.peers.map(formatAddress));
     this.awareness = new awarenessProtocol.Awareness(gset.doc);
     this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress, peers: [] });
-    gset.doc.on('update', this.onDocUpdate);
     this.awareness.on('update', this.onAwarenessUpdate);
-    this.antiEntropy = setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
-    this.antiEntropy.unref();
+    this.antiEntropy = clock.setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
   }
 
   start(): void {
@@ -86,50 +92,53 @@ export class Gossip {
 
   /** Takes over an accepted socket whose first message was a peer Hello. */
   adopt(sock: MeshSocket, hello: Message): void {
-    const peer = this.addPeer(sock, null);
+    const peer = this.addPeer(null, (receiver) => {
+      sock.handOff(receiver);
+      return sock;
+    });
     this.onPeerMessage(peer, hello);
-  }
-
-  /** Options for sockets this module creates or adopts. */
-  socketOptions(remote: string) {
-    return { heartbeatMs: this.config.heartbeatMs, log: this.log.child({ peer: remote }) };
   }
 
   close(): void {
     this.closed = true;
-    clearInterval(this.antiEntropy);
-    if (this.outboxTimer) clearTimeout(this.outboxTimer);
-    this.gset.doc.off('update', this.onDocUpdate);
+    this.clock.clear(this.antiEntropy);
+    // the updates gathered for the next message leave now, ahead of the close frames: a counter
+    // stopped for good has handed its last writes to its peers
+    if (this.outboxTimer) {
+      this.clock.clear(this.outboxTimer);
+      this.flushOutbox();
+    }
     this.awareness.off('update', this.onAwarenessUpdate);
     this.awareness.destroy();
-    for (const d of this.dialers.values()) d.close();
     for (const p of this.peers) p.sock.close(CloseCode.GoingAway, 'shutting down');
+    for (const d of this.dialers.values()) d.close();
   }
 
   private dial(address: string): void {
     if (this.closed || this.dialers.has(address) || this.selfAddresses.has(address)) return;
     const dialer = new Dialer({
       address,
-      secret: this.config.clusterSecret,
-      previousSecret: this.config.acceptedSecrets[1],
-      tls: this.config.tls,
-      host: this.config.host,
-      maxPayload: this.config.maxMessageBytes,
+      transport: this.transport,
+      clock: this.clock,
       reconnectMaxMs: this.config.reconnectMaxMs,
       log: this.log,
-      onOpen: (ws: WebSocket) => {
-        const sock = new MeshSocket(ws, address, { ...this.socketOptions(address), onMessage: () => {}, onClose: () => {} });
-        this.addPeer(sock, address);
-      },
+      // we dialed a counter: the peer session is the socket's one receiver from the start
+      onOpen: (wire: Wire) => this.addPeer(address, (receiver) => new MeshSocket(wire, address, receiver, this.socketOptions(address))),
     });
     this.dialers.set(address, dialer);
     dialer.start();
   }
 
-  private addPeer(sock: MeshSocket, dialedAddress: string | null): Peer {
-    const peer: Peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock } };
-    sock.handler = (msg) => this.onPeerMessage(peer, msg);
-    sock.closeHandler = () => this.onPeerClose(peer);
+  private socketOptions(remote: string) {
+    return { heartbeatMs: this.config.heartbeatMs, log: this.log.child({ peer: remote }), clock: this.clock };
+  }
+
+  /** A peer session on the socket `attach` gives it the receiver of (an accepted socket handed off, or a new one for a dialed wire). */
+  private addPeer(dialedAddress: string | null, attach: (receiver: Receiver) => MeshSocket): Peer {
+    let peer: Peer | null = null;
+    // no message can arrive before attach returns: wires deliver asynchronously
+    const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock } };
     this.peers.add(peer);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress }));
     sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
@@ -148,7 +157,7 @@ export class Gossip {
   private onPeerMessage(peer: Peer, msg: Message): void {
     switch (msg.type) {
       case MessageType.Hello: {
-        if (msg.hello.role !== 'peer') throw new Error('a coordinator hello on a peer connection');
+        if (msg.hello.role !== 'peer') throw new ProtocolError('a coordinator hello on a peer connection');
         if (msg.hello.nodeId === this.config.id) {
           // PEERS or a DNS name may include ourselves; stop dialing that address
           if (peer.address) {
@@ -163,28 +172,61 @@ export class Gossip {
         peer.address ??= msg.hello.address;
         peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
         this.publishLinks();
+        this.events.observer?.onPeerHello(peer.id, peer.sock);
         this.log.info({ peer: peer.id, remote: peer.sock.remote }, 'peer connected');
         this.events.onMembersChanged();
         return;
       }
       case MessageType.Sync: {
-        const reply = encoding.createEncoder();
-        const kind = syncProtocol.readSyncMessage(msg.decoder, reply, this.gset.doc, peer.origin, (err) => {
-          throw err;
-        });
-        if (encoding.length(reply) > 0) peer.sock.send(writeSync((e) => encoding.writeUint8Array(e, encoding.toUint8Array(reply))));
+        // decode and apply first; only then store and forward, outside the blame of the peer's bytes
+        const { kind, reply, produced, stateVector } = this.readSync(msg.decoder, peer.origin);
+        if (reply) peer.sock.send(reply);
+        if (stateVector && reply && peer.id !== null) this.events.observer?.onPeerStateVector(peer.id, stateVector, reply.length);
+        for (const update of produced) this.events.onApplied(update, peer.origin);
         if (kind === syncProtocol.messageYjsSyncStep2) this.events.onSynced(peer.id);
         return;
       }
       case MessageType.Awareness:
-        awarenessProtocol.applyAwarenessUpdate(this.awareness, msg.update, peer.origin);
+        try {
+          awarenessProtocol.applyAwarenessUpdate(this.awareness, msg.update, peer.origin);
+        } catch (err) {
+          throw new ProtocolError(`malformed awareness message: ${(err as Error).message}`);
+        }
         return;
       default:
-        throw new Error(`message type ${msg.type} is not valid between counters`);
+        throw new ProtocolError(`message type ${msg.type} is not valid between counters`);
     }
   }
 
-  private readonly onDocUpdate = (update: Uint8Array, origin: Origin): void => {
+  /**
+   * One y-protocols sync message: step 1 (a state vector) is answered with what the peer misses;
+   * step 2 and update carry a Yjs update, applied here. Anything thrown is about the peer's bytes.
+   */
+  private readSync(decoder: decoding.Decoder, origin: Origin): { kind: number; reply: Uint8Array | null; produced: Uint8Array[]; stateVector?: Uint8Array } {
+    try {
+      const kind = decoding.readVarUint(decoder);
+      switch (kind) {
+        case syncProtocol.messageYjsSyncStep1: {
+          const sv = decoding.readVarUint8Array(decoder);
+          return { kind, reply: writeSync((e) => syncProtocol.writeSyncStep2(e, this.gset.doc, sv)), produced: [], stateVector: sv };
+        }
+        case syncProtocol.messageYjsSyncStep2:
+        case syncProtocol.messageYjsUpdate:
+          return { kind, reply: null, produced: this.gset.apply(decoding.readVarUint8Array(decoder), origin) };
+        default:
+          throw new ProtocolError(`unknown sync message type ${kind}`);
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) throw err;
+      throw new ProtocolError(`malformed sync message: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Hands an update this counter applied (its own write or a peer's) to replication: it leaves
+   * within GOSSIP_DELAY_MS, merged with the others of that window, to the peers that need it.
+   */
+  enqueue(update: Uint8Array, origin: Origin): void {
     if (this.peers.size === 0) return;
     if (this.config.gossipDelayMs === 0) {
       this.forward([update], origin);
@@ -193,8 +235,8 @@ export class Gossip {
     const pending = this.outbox.get(origin);
     if (pending) pending.push(update);
     else this.outbox.set(origin, [update]);
-    this.outboxTimer ??= setTimeout(this.flushOutbox, this.config.gossipDelayMs);
-  };
+    this.outboxTimer ??= this.clock.setTimeout(this.flushOutbox, this.config.gossipDelayMs);
+  }
 
   private readonly flushOutbox = (): void => {
     this.outboxTimer = null;

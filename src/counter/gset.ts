@@ -42,11 +42,30 @@ export class GSet {
   private target: Y.Text | null = null;
   private targetClient = -1;
   private malformed = 0;
+  /** The updates of the call in progress (add, apply); null outside one. */
+  private captured: Uint8Array[] | null = null;
 
-  constructor(private readonly log: Logger) {
+  constructor(
+    private readonly log: Logger,
+    clientID?: number,
+  ) {
     // gc off: nothing is ever deleted by us, and a peer's deletion must not drop items from snapshots
     this.doc = new Y.Doc({ gc: false });
-    this.doc.on('afterTransaction', (tr: Y.Transaction) => this.indexTransaction(tr));
+    // a fixed id is for seeded test runs only; by default every start gets a fresh random one
+    if (clientID !== undefined) this.doc.clientID = clientID;
+    this.doc.on('afterTransaction', this.onAfterTransaction);
+    this.doc.on('update', this.onUpdate);
+  }
+
+  private readonly onAfterTransaction = (tr: Y.Transaction): void => this.indexTransaction(tr);
+  private readonly onUpdate = (update: Uint8Array): void => {
+    this.captured?.push(update);
+  };
+
+  /** Detaches the document listeners; counts stay readable. For a counter that has stopped. */
+  close(): void {
+    this.doc.off('afterTransaction', this.onAfterTransaction);
+    this.doc.off('update', this.onUpdate);
   }
 
   /** Distinct items of one tenant, O(1). */
@@ -64,12 +83,40 @@ export class GSet {
   }
 
   /**
-   * Appends the items not held yet, in one transaction (one Yjs item, one update), and returns how
-   * many were new. Duplicates within `items` and of what is held are skipped.
+   * Appends the items not held yet, in one transaction (one Yjs item), and returns the update
+   * that holds them for the log and the peers, or null when every item was held already.
+   * Duplicates within `items` and of what is held are skipped.
    */
-  add(items: readonly Item[], origin: Origin = LOCAL): number {
+  add(items: readonly Item[]): Uint8Array | null {
+    const text = this.freshRecords(items);
+    if (text === '') return null;
+    const target = this.targetFor(text.length);
+    return this.capture(() => this.doc.transact(() => target.insert(target.length, text), LOCAL))[0] ?? null;
+  }
+
+  /**
+   * Applies a peer's update and returns what it changed here (for the log and the other peers);
+   * empty when it held nothing new or waits for updates it depends on. Throws on a malformed
+   * update, leaving what was integrated before the fault.
+   */
+  apply(update: Uint8Array, origin: Origin): Uint8Array[] {
+    return this.capture(() => Y.applyUpdate(this.doc, update, origin));
+  }
+
+  private capture(run: () => void): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    this.captured = out;
+    try {
+      run();
+    } finally {
+      this.captured = null;
+    }
+    return out;
+  }
+
+  /** The records of the items not held yet, each once. */
+  private freshRecords(items: readonly Item[]): string {
     let text = '';
-    let fresh = 0;
     let seen: Set<string> | null = null;
     for (const it of items) {
       if (this.index.has(it.tenant, it.id)) continue;
@@ -82,9 +129,12 @@ export class GSet {
       } else {
         text += encodeRecord(it.tenant, it.id);
       }
-      fresh++;
     }
-    if (fresh === 0) return 0;
+    return text;
+  }
+
+  /** The writer's current log text, moving to the next segment when `units` more would overflow it. */
+  private targetFor(units: number): Y.Text {
     if (this.targetClient !== this.doc.clientID) {
       // first write, or Yjs gave us a new clientID after seeing ours in a peer's update
       this.targetClient = this.doc.clientID;
@@ -92,18 +142,11 @@ export class GSet {
       this.target = null;
     }
     this.target ??= this.doc.getText(this.segmentName());
-    let target = this.target;
-    if (target.length + text.length > SEGMENT_UNITS) {
+    if (this.target.length + units > SEGMENT_UNITS) {
       this.segment++;
-      target = this.target = this.doc.getText(this.segmentName());
+      this.target = this.doc.getText(this.segmentName());
     }
-    this.doc.transact(() => target.insert(target.length, text), origin);
-    return fresh;
-  }
-
-  /** Applies a Yjs update; throws on malformed input, leaving what was integrated before the fault. */
-  applyUpdate(update: Uint8Array, origin: Origin): void {
-    Y.applyUpdate(this.doc, update, origin);
+    return this.target;
   }
 
   /** Applies many updates in one transaction (restart replay): one indexing pass, one cleanup. */

@@ -12,15 +12,32 @@ import type { Logger } from 'pino';
 import { bearerMatchesAny } from '../shared/secret.ts';
 import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
-import { MESH_PATH } from '../protocol/dialer.ts';
-import { MeshSocket } from '../protocol/mesh-socket.ts';
-import { CloseCode, MessageType } from '../protocol/messages.ts';
-import type { Counter } from './counter.ts';
+import type { CounterConfig } from '../shared/config.ts';
+import type { Status } from '../protocol/messages.ts';
+import type { Wire } from '../protocol/wire.ts';
+import { MESH_PATH, wsWire } from '../protocol/ws-wire.ts';
+import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
+import type { CounterMetrics } from './metrics.ts';
 
-const HELLO_TIMEOUT_MS = 5000;
+/** What the routes read of the counter. */
+export interface CounterProbe {
+  readonly ready: boolean;
+  notReadyReason(): string;
+  count(tenant: string): number;
+  status(): Status;
+}
 
-export function buildCounterServer(counter: Counter, log: Logger): { app: FastifyInstance; wss: WebSocketServer } {
-  const { config } = counter;
+export interface CounterServerOptions {
+  config: Readonly<CounterConfig>;
+  log: Logger;
+  counter: CounterProbe;
+  /** Takes an authenticated mesh connection (from a peer or a coordinator). */
+  acceptMesh: (wire: Wire, remote: string) => void;
+  /** GET /metrics and the HTTP histogram; null with METRICS=off. */
+  metrics?: Pick<CounterMetrics, 'http' | 'registry'> | null;
+}
+
+export function buildCounterServer({ config, log, counter, acceptMesh, metrics }: CounterServerOptions): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -56,6 +73,16 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
     return { count: counter.count(req.params.tenant) };
   });
   app.get('/status', async () => counter.status());
+  if (metrics) {
+    app.addHook('onResponse', (req, reply, done) => {
+      metrics.http.observe(req.routeOptions.url, req.method, reply.statusCode, reply.elapsedTime);
+      done();
+    });
+  }
+  app.get('/metrics', async (_req, reply) => {
+    if (!metrics) return reply.code(404).send({ statusCode: 404, error: 'Not Found', message: 'metrics are off on this counter (METRICS=off); start it with METRICS=on' });
+    return reply.type(METRICS_CONTENT_TYPE).send(await metrics.registry.metrics());
+  });
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const refuse = (code: number, text: string) => {
@@ -69,20 +96,13 @@ export function buildCounterServer(counter: Counter, log: Logger): { app: Fastif
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
       const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-      const sock: MeshSocket = new MeshSocket(ws, remote, {
-        heartbeatMs: config.heartbeatMs,
-        log,
-        onMessage: (msg) => {
-          clearTimeout(helloTimer);
-          if (msg.type !== MessageType.Hello) throw new Error('first message must be a hello');
-          if (msg.hello.role === 'peer') counter.gossip.adopt(sock, msg);
-          else counter.sessions.adopt(sock);
-        },
-        onClose: () => clearTimeout(helloTimer),
-      });
-      const helloTimer = setTimeout(() => sock.close(CloseCode.ProtocolError, 'no hello'), HELLO_TIMEOUT_MS);
-      helloTimer.unref();
+      acceptMesh(wsWire(ws, remote, log), remote);
     });
   });
-  return { app, wss };
+  // the WebSocket server goes with the HTTP server; accepted sockets close with their sessions
+  app.addHook('onClose', async () => {
+    for (const c of wss.clients) c.terminate();
+    wss.close();
+  });
+  return app;
 }

@@ -3,8 +3,9 @@
  * every heartbeat so the coordinator knows who is ready and what the mesh looks like.
  */
 import type { Logger } from 'pino';
-import { CloseCode, MessageType, ReplyStatus, writeHello, writeReply, writeStatus, type Message, type Status } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, type Message, type Status } from '../protocol/messages.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { isValidItem } from './records.ts';
 import type { Item } from '../protocol/messages.ts';
 
@@ -22,16 +23,23 @@ export interface CounterApi {
 
 export class CoordinatorSessions {
   private readonly socks = new Set<MeshSocket>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: TimerHandle;
+  /** Adds taken whose reply is not sent yet: a stopping counter answers them before it closes. */
+  private unanswered = 0;
+  private readonly answeredWaiters = new Set<() => void>();
 
-  constructor(private readonly counter: CounterApi, heartbeatMs: number, private readonly log: Logger) {
-    this.timer = setInterval(() => this.pushStatus(), heartbeatMs);
-    this.timer.unref();
+  constructor(
+    private readonly counter: CounterApi,
+    heartbeatMs: number,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+  ) {
+    this.timer = clock.setInterval(() => this.pushStatus(), heartbeatMs);
   }
 
+  /** Takes over an accepted socket whose first message was a coordinator Hello. */
   adopt(sock: MeshSocket): void {
-    sock.handler = (msg) => this.onMessage(sock, msg);
-    sock.closeHandler = () => this.socks.delete(sock);
+    sock.handOff({ onMessage: (msg) => this.onMessage(sock, msg), onClose: () => this.socks.delete(sock) });
     this.socks.add(sock);
     sock.send(writeHello({ role: 'peer', nodeId: this.counter.id, address: this.counter.address }));
     sock.send(writeStatus(this.counter.status()));
@@ -44,8 +52,34 @@ export class CoordinatorSessions {
     for (const s of this.socks) s.send(frame);
   }
 
+  /** Adds taken and not answered yet. */
+  get pending(): number {
+    return this.unanswered;
+  }
+
+  /**
+   * Resolves once every Add taken so far has been answered, or after `timeoutMs`. New Adds are
+   * refused meanwhile only if the counter reports not ready, which a stopping counter does.
+   */
+  whenAnswered(timeoutMs: number): Promise<void> {
+    if (this.unanswered === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.clock.clear(timer);
+        this.answeredWaiters.delete(done);
+        resolve();
+      };
+      const timer = this.clock.setTimeout(done, timeoutMs);
+      this.answeredWaiters.add(done);
+    });
+  }
+
+  private answered(): void {
+    if (--this.unanswered === 0) for (const done of [...this.answeredWaiters]) done();
+  }
+
   close(): void {
-    clearInterval(this.timer);
+    this.clock.clear(this.timer);
     for (const s of this.socks) s.close(CloseCode.GoingAway, 'shutting down');
   }
 
@@ -67,10 +101,17 @@ export class CoordinatorSessions {
           sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
           return;
         }
+        this.unanswered++;
         this.counter.add(items).then(
           // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
-          () => sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length)),
-          (err: Error) => sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message)),
+          () => {
+            sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length));
+            this.answered();
+          },
+          (err: Error) => {
+            sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
+            this.answered();
+          },
         );
         return;
       }
@@ -84,7 +125,7 @@ export class CoordinatorSessions {
       case MessageType.Hello:
         return; // a repeated hello changes nothing
       default:
-        throw new Error(`message type ${msg.type} is not valid from a coordinator`);
+        throw new ProtocolError(`message type ${msg.type} is not valid from a coordinator`);
     }
   }
 }

@@ -1,79 +1,106 @@
 /**
- * One WebSocket of the mesh, either side: heartbeats, safe decoding, typed sends.
- * A peer silent for two heartbeats is terminated, so a blackholed link is noticed even though
- * TCP stays up. Malformed frames are logged once with the peer's address and close the socket.
+ * One connection of the mesh, either side: heartbeats, safe decoding, typed sends.
+ *
+ * A socket has two stages and hands off once: until the other side's Hello, its receiver is the
+ * handshake (who is this?); the handshake then gives the socket to its owner for good (a peer
+ * session, a coordinator session, a counter link) with `handOff`. A peer silent for two heartbeats
+ * is terminated, so a blackholed link is noticed even though TCP stays up.
+ *
+ * Whose fault is an exception: bytes that do not decode, and a ProtocolError thrown by a receiver
+ * (a message not allowed here), are the peer's: logged once with its address, closed with 4400.
+ * Anything else a receiver throws is a bug of ours: logged at error level with its stack, closed
+ * with 1011, never reported as the peer's doing.
  */
-import type WebSocket from 'ws';
 import type { Logger } from 'pino';
-import { CloseCode, readMessage, type Message } from './messages.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
+import { CloseCode, ProtocolError, readMessage, type Message } from './messages.ts';
+import type { Wire } from './wire.ts';
+
+/** Whoever the socket's messages go to at a stage. */
+export interface Receiver {
+  /** One decoded message. Throw ProtocolError for a message the peer should not have sent. */
+  onMessage(msg: Message, sock: MeshSocket): void;
+  onClose(sock: MeshSocket, code: number, reason: string): void;
+}
 
 export interface MeshSocketOptions {
   heartbeatMs: number;
   log: Logger;
-  /** Called for each decoded message; a throw closes the socket as a protocol error. */
-  onMessage: (msg: Message, sock: MeshSocket) => void;
-  onClose: (sock: MeshSocket, code: number, reason: string) => void;
+  clock: Clock;
+}
+
+/** Bytes and messages through a socket, both ways. */
+export interface Traffic {
+  bytesIn: number;
+  bytesOut: number;
+  messagesIn: number;
+  messagesOut: number;
 }
 
 export class MeshSocket {
-  lastHeardAt = Date.now();
-  /** Replaced once the first message (Hello) says who is on the other side. */
-  handler: (msg: Message, sock: MeshSocket) => void;
-  /** Likewise replaced by whoever owns the socket after the Hello. */
-  closeHandler: (sock: MeshSocket, code: number, reason: string) => void;
-  private readonly timer: NodeJS.Timeout;
+  /** This socket's tally; an owner may swap in one shared by all sockets of a peer (the metrics do). */
+  traffic: Traffic = { bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
+  private heard: number;
+  private receiver: Receiver;
+  private handedOff = false;
+  private readonly timer: TimerHandle;
+  private closeTimer: TimerHandle | null = null;
   private closed = false;
   private corked = false;
 
-  constructor(readonly ws: WebSocket, readonly remote: string, private readonly opts: MeshSocketOptions) {
-    this.handler = opts.onMessage;
-    this.closeHandler = opts.onClose;
-    ws.binaryType = 'nodebuffer';
-    ws.on('message', (data, isBinary) => this.receive(data as Buffer, isBinary));
-    ws.on('pong', () => (this.lastHeardAt = Date.now()));
-    ws.on('ping', () => (this.lastHeardAt = Date.now()));
-    // errors are followed by 'close'; the reconnect logic there is all the handling needed.
-    // WS_ERR_* are frame-level protocol violations by the other side (over maxPayload, invalid
-    // UTF-8 in a text frame, bad opcode...): ws closes with 1002/1007/1009; log them once, like
-    // a malformed message, unless this socket was already closed for one (logged once, not per
-    // frame of a flood). Everything else (resets, refused) is routine and stays at debug.
-    ws.on('error', (err: Error & { code?: unknown }) => {
-      if (typeof err.code === 'string' && err.code.startsWith('WS_ERR_') && !this.closed) {
-        opts.log.warn({ err: { message: err.message, code: err.code }, remote }, 'malformed frame from peer; closing connection');
-      } else {
-        opts.log.debug({ err, remote }, 'socket error');
-      }
+  constructor(
+    private readonly wire: Wire,
+    readonly remote: string,
+    first: Receiver,
+    private readonly opts: MeshSocketOptions,
+  ) {
+    this.receiver = first;
+    this.heard = opts.clock.now();
+    wire.bind({
+      message: (data, binary) => this.receive(data, binary),
+      heard: () => {
+        this.heard = this.opts.clock.now();
+      },
+      closed: (code, reason) => this.finish(code, reason),
     });
-    ws.on('close', (code, reason) => this.finish(code, reason.toString()));
-    this.timer = setInterval(() => this.beat(), opts.heartbeatMs);
-    this.timer.unref();
+    this.timer = opts.clock.setInterval(() => this.beat(), opts.heartbeatMs);
+  }
+
+  /** Gives the socket to the owner of its second stage; allowed once. */
+  handOff(next: Receiver): void {
+    if (this.handedOff) throw new Error('a mesh socket is handed off once');
+    this.handedOff = true;
+    this.receiver = next;
+  }
+
+  get lastHeardAt(): number {
+    return this.heard;
   }
 
   get open(): boolean {
-    return !this.closed && this.ws.readyState === this.ws.OPEN;
+    return !this.closed && this.wire.open;
   }
 
   /** Heard from within two heartbeats. */
   get alive(): boolean {
-    return this.open && Date.now() - this.lastHeardAt <= 2 * this.opts.heartbeatMs;
+    return this.open && this.opts.clock.now() - this.heard <= 2 * this.opts.heartbeatMs;
   }
 
   send(frame: Uint8Array): void {
     if (!this.open) return;
     if (!this.corked) {
-      // frames sent during one event-loop turn (many replies, many requests) leave in one syscall
-      const raw = this.raw;
-      if (raw) {
-        this.corked = true;
-        raw.cork();
-        setImmediate(() => {
-          if (!this.corked) return;
-          this.corked = false;
-          raw.uncork();
-        });
-      }
+      // frames sent during one event-loop turn (many replies, many requests) leave in one write
+      this.corked = true;
+      this.wire.cork();
+      this.opts.clock.setImmediate(() => {
+        if (!this.corked) return;
+        this.corked = false;
+        this.wire.uncork();
+      });
     }
-    this.ws.send(frame);
+    this.wire.send(frame);
+    this.traffic.bytesOut += frame.length;
+    this.traffic.messagesOut++;
   }
 
   /**
@@ -83,68 +110,77 @@ export class MeshSocket {
    */
   sendNow(frame: Uint8Array): void {
     if (!this.open) return;
-    this.ws.send(frame);
+    this.wire.send(frame);
+    this.traffic.bytesOut += frame.length;
+    this.traffic.messagesOut++;
     if (this.corked) {
       this.corked = false;
-      this.raw?.uncork();
+      this.wire.uncork();
     }
   }
 
-  private get raw(): { cork(): void; uncork(): void } | undefined {
-    return (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
-  }
-
-  /** Bytes queued in the socket but not yet sent: lets senders back off a slow peer. */
+  /** Bytes queued but not yet sent: lets senders back off a slow peer. */
   get buffered(): number {
-    return this.ws.bufferedAmount;
+    return this.wire.bufferedBytes;
   }
 
   close(code: number = CloseCode.Normal, reason = ''): void {
     if (this.closed) return;
-    try {
-      this.ws.close(code, reason);
-    } catch {
-      this.ws.terminate();
-    }
-    // a peer that never answers the close handshake must not pin the socket
-    setTimeout(() => this.ws.terminate(), 1000).unref();
+    this.wire.close(code, reason);
+    // a peer that never answers the close handshake must not pin the connection
+    this.closeTimer = this.opts.clock.setTimeout(() => this.wire.terminate(), 1000);
     this.finish(code, reason);
   }
 
-  private receive(data: Buffer, isBinary: boolean): void {
-    this.lastHeardAt = Date.now();
+  private receive(data: Uint8Array, binary: boolean): void {
+    this.heard = this.opts.clock.now();
     if (this.closed) return;
+    this.traffic.bytesIn += data.length;
+    this.traffic.messagesIn++;
     let msg: Message;
     try {
-      if (!isBinary) throw new Error('text frame');
-      msg = readMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-      this.handler(msg, this);
+      if (!binary) throw new ProtocolError('text frame');
+      msg = readMessage(data);
     } catch (err) {
-      this.opts.log.warn({ err: { message: (err as Error).message }, remote: this.remote }, 'malformed message from peer; closing connection');
-      this.close(CloseCode.ProtocolError, 'malformed message');
-    }
-  }
-
-  private beat(): void {
-    if (Date.now() - this.lastHeardAt > 2 * this.opts.heartbeatMs) {
-      this.opts.log.info({ remote: this.remote }, 'peer silent for two heartbeats; dropping connection');
-      this.ws.terminate();
-      this.finish(CloseCode.GoingAway, 'heartbeat timeout');
+      this.blamePeer(err as Error);
       return;
     }
     try {
-      this.ws.ping();
-    } catch {
-      // socket is closing; 'close' follows
+      this.receiver.onMessage(msg, this);
+    } catch (err) {
+      if (err instanceof ProtocolError) {
+        this.blamePeer(err);
+        return;
+      }
+      this.opts.log.error({ err, remote: this.remote, type: msg.type }, 'bug: handling a valid message threw; closing the connection');
+      this.close(CloseCode.InternalError, 'internal error');
     }
+  }
+
+  private blamePeer(err: Error): void {
+    this.opts.log.warn({ err: { message: err.message }, remote: this.remote }, 'malformed message from peer; closing connection');
+    this.close(CloseCode.ProtocolError, 'malformed message');
+  }
+
+  private beat(): void {
+    if (this.opts.clock.now() - this.heard > 2 * this.opts.heartbeatMs) {
+      this.opts.log.info({ remote: this.remote }, 'peer silent for two heartbeats; dropping connection');
+      this.wire.terminate();
+      this.finish(CloseCode.GoingAway, 'heartbeat timeout');
+      return;
+    }
+    this.wire.ping();
   }
 
   private finish(code: number, reason: string): void {
     if (this.closed) {
+      // the connection is gone: the close handshake's deadline has nothing left to do
+      this.opts.clock.clear(this.closeTimer);
+      this.closeTimer = null;
       return;
     }
     this.closed = true;
-    clearInterval(this.timer);
-    this.closeHandler(this, code, reason);
+    this.opts.clock.clear(this.timer);
+    this.receiver.onClose(this, code, reason);
   }
 }

@@ -40,6 +40,7 @@ export type ReplyStatusNumber = (typeof ReplyStatus)[keyof typeof ReplyStatus];
 export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
+  InternalError: 1011,
   ProtocolError: 4400,
   Unauthorized: 4401,
   SelfConnection: 4409,
@@ -67,6 +68,11 @@ export interface Status {
   ready: boolean;
   items: number;
   members: Member[];
+  /**
+   * Per peer id, seconds since the oldest update this counter holds that the peer's last state
+   * vector lacked (0 when it lacked nothing). Absent when the counter runs with METRICS=off.
+   */
+  lag?: Record<string, number>;
 }
 
 export type Message =
@@ -151,13 +157,18 @@ function readRole(d: decoding.Decoder): Role {
   return r;
 }
 
+function isLagMap(v: unknown): v is Record<string, number> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0);
+}
+
 function parseStatus(json: string): Status {
   const v: unknown = JSON.parse(json);
   const o = v as Partial<Status>;
   if (
     typeof o !== 'object' || o === null || typeof o.id !== 'string' || typeof o.address !== 'string' ||
     typeof o.ready !== 'boolean' || typeof o.items !== 'number' || !Array.isArray(o.members) ||
-    !o.members.every((m) => typeof m?.id === 'string' && typeof m?.address === 'string')
+    !o.members.every((m) => typeof m?.id === 'string' && typeof m?.address === 'string') ||
+    (o.lag !== undefined && !isLagMap(o.lag))
   ) {
     throw new ProtocolError('malformed status');
   }

@@ -26,6 +26,8 @@ export const SETTINGS = {
   TLS_KEY: '',
   TLS_CA: '',
   TLS_CLIENT_AUTH: '',
+  METRICS: 'on',
+  SHUTDOWN_TIMEOUT_MS: '10000',
   // coordinator
   HTTP_PORT: '8080',
   COORDINATOR_ID: '',
@@ -130,6 +132,12 @@ class Reader {
       throw new ConfigError(`${name}=${JSON.stringify(this.str(name))} is not valid: ${(err as Error).message}`);
     }
   }
+  /** `on` or `off`, nothing else: a typo must not silently pick one. */
+  onOff(name: SettingName): boolean {
+    const v = this.str(name).trim();
+    if (v !== 'on' && v !== 'off') throw new ConfigError(`${name}=${JSON.stringify(v)} is not valid: use on or off`);
+    return v === 'on';
+  }
   logLevel(): string {
     const v = this.str('LOG_LEVEL');
     if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(v)) {
@@ -151,7 +159,14 @@ export interface CommonConfig {
   heartbeatMs: number;
   maxMessageBytes: number;
   reconnectMaxMs: number;
+  /** GET /metrics and the instrumentation behind it (and the status page's rate charts). */
+  metrics: boolean;
+  /** After SIGTERM, how long requests already received may take before their connections are cut. */
+  shutdownTimeoutMs: number;
 }
+
+/** Upper bound of SHUTDOWN_TIMEOUT_MS: an orchestrator's grace period must cover it, and they count in minutes at most. */
+const MAX_SHUTDOWN_TIMEOUT_MS = 600_000;
 
 /**
  * `CLUSTER_SECRET=current` or, during a rotation, `CLUSTER_SECRET=current,previous`: the process
@@ -197,6 +212,8 @@ function common(r: Reader, readClientAuth: boolean): CommonConfig {
     heartbeatMs: r.int('HEARTBEAT_MS', 100, 60_000),
     maxMessageBytes: r.int('MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1),
     reconnectMaxMs: r.int('RECONNECT_MAX_MS', 50, 60_000),
+    metrics: r.onOff('METRICS'),
+    shutdownTimeoutMs: r.int('SHUTDOWN_TIMEOUT_MS', 0, MAX_SHUTDOWN_TIMEOUT_MS),
   };
 }
 
@@ -300,6 +317,8 @@ export interface LauncherConfig {
   httpPort: number;
   host: string;
   dataDir: string;
+  /** The children's SHUTDOWN_TIMEOUT_MS: `up` waits that long (and a little more) before it SIGKILLs them. */
+  shutdownTimeoutMs: number;
 }
 
 export function launcherConfig(env: Env): Readonly<LauncherConfig> {
@@ -311,5 +330,6 @@ export function launcherConfig(env: Env): Readonly<LauncherConfig> {
     httpPort: r.port('HTTP_PORT'),
     host: r.str('HOST'),
     dataDir: r.str('DATA_DIR'),
+    shutdownTimeoutMs: r.int('SHUTDOWN_TIMEOUT_MS', 0, MAX_SHUTDOWN_TIMEOUT_MS),
   });
 }

@@ -31,6 +31,11 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
+export interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
 /** One child process of the mesh; keeps the tail of its output for failure reports. */
 export class MeshProcess {
   proc: ChildProcess | null = null;
@@ -63,11 +68,16 @@ export class MeshProcess {
 
   /** Sends the signal and waits for the exit. */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    await this.stop(signal);
+  }
+
+  /** Sends the signal and resolves with how the process ended (null if it was not running). */
+  stop(signal: NodeJS.Signals): Promise<ExitStatus | null> {
     const proc = this.proc;
-    if (!proc) return;
-    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    if (!proc) return Promise.resolve(null);
+    const exited = new Promise<ExitStatus>((r) => proc.once('exit', (code, sig) => r({ code, signal: sig })));
     proc.kill(signal);
-    await exited;
+    return exited;
   }
 
   tail(n = 30): string {

@@ -4,7 +4,7 @@
  * way src/coordinator/counter-link.ts does. Much faster than HTTP for the large fills.
  */
 import WebSocket from 'ws';
-import { MESH_PATH } from '../../src/protocol/dialer.ts';
+import { MESH_PATH } from '../../src/protocol/ws-wire.ts';
 import { MessageType, ReplyStatus, readMessage, writeAdd, writeHello, type Item } from '../../src/protocol/messages.ts';
 
 export class CounterClient {

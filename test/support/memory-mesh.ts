@@ -1,0 +1,246 @@
+/**
+ * The in-memory mesh: real Counter and CounterPool objects, wired through the seeded SimNetwork
+ * and SimClock instead of sockets and timers, each counter with an in-memory log that survives its
+ * crashes. One `compare` checks every replica against the model of what was written.
+ */
+import { Writable } from 'node:stream';
+import pino, { type Logger } from 'pino';
+import { Counter, type Recovered, type UpdateLog } from '../../src/counter/counter.ts';
+import { CounterPool } from '../../src/coordinator/counter-pool.ts';
+import { coordinatorConfig, counterConfig } from '../../src/shared/config.ts';
+import type { Item } from '../../src/protocol/messages.ts';
+import { SimClock, SimNetwork, NO_FAULTS, type NetworkFaults } from './sim.ts';
+import { mulberry32, type Rng } from './prng.ts';
+
+/** Settings that keep simulated runs short; the simulated time is cheap, but every beat is a message. */
+const TIMING = { HEARTBEAT_MS: '500', ANTI_ENTROPY_MS: '1000', RECONNECT_MAX_MS: '500', GOSSIP_DELAY_MS: '20', COUNTER_TIMEOUT_MS: '1000' };
+
+/** A log that keeps what was appended across crashes of its counter (the page cache survives a SIGKILL). */
+export class MemoryLog implements UpdateLog {
+  private snapshot: Uint8Array | null = null;
+  private updates: Uint8Array[] = [];
+  private logBytes = 0;
+
+  constructor(
+    private readonly clock: SimClock,
+    private readonly rng: Rng,
+  ) {}
+
+  append(update: Uint8Array, durable: boolean): Promise<void> {
+    this.updates.push(update.slice());
+    this.logBytes += update.length;
+    if (!durable) return Promise.resolve();
+    // an fsync takes a little while; the acknowledgment waits for it
+    return new Promise((resolve) => this.clock.push(resolve, 1 + Math.floor(this.rng() * 3)));
+  }
+
+  /** Small, so that seeded runs compact too. */
+  needsCompaction(): boolean {
+    return this.logBytes > 16 * 1024;
+  }
+
+  async compact(snapshot: () => Uint8Array): Promise<void> {
+    this.snapshot = snapshot();
+    this.updates = [];
+    this.logBytes = 0;
+  }
+
+  async close(): Promise<void> {}
+
+  recovered(): Recovered {
+    return { snapshot: this.snapshot, updates: [...this.updates], damaged: [], tornTail: false };
+  }
+}
+
+/** Collects error-level log lines: a bug of ours logs at error, and a run with one fails. */
+function recordingLogger(errors: string[]): Logger {
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString().split('\n')) {
+        if (!line) continue;
+        const o = JSON.parse(line) as { level: number };
+        if (o.level >= 50) errors.push(line);
+      }
+      done();
+    },
+  });
+  return pino({ level: 'warn' }, sink);
+}
+
+export interface SimCounter {
+  index: number;
+  id: string;
+  address: string;
+  log: MemoryLog;
+  counter: Counter | null;
+}
+
+export interface MemoryMeshOptions {
+  seed: number;
+  counters: number;
+  coordinators?: number;
+  faults?: Partial<NetworkFaults>;
+}
+
+export class MemoryMesh {
+  readonly clock: SimClock;
+  readonly net: SimNetwork;
+  readonly rng: Rng;
+  readonly counters: SimCounter[] = [];
+  readonly pools: CounterPool[] = [];
+  /** Items acknowledged by a coordinator, and items sent at all (acknowledged or not), per tenant. */
+  readonly acked = new Map<string, Set<string>>();
+  readonly sent = new Map<string, Set<string>>();
+  readonly errors: string[] = [];
+  private readonly log: Logger;
+
+  private constructor(readonly opts: MemoryMeshOptions) {
+    this.rng = mulberry32(opts.seed);
+    this.clock = new SimClock(mulberry32(opts.seed ^ 0x5eed));
+    this.net = new SimNetwork(this.clock, mulberry32(opts.seed ^ 0x0e7), { ...NO_FAULTS, ...opts.faults });
+    this.log = recordingLogger(this.errors);
+  }
+
+  static async start(opts: MemoryMeshOptions): Promise<MemoryMesh> {
+    const mesh = new MemoryMesh(opts);
+    for (let i = 0; i < opts.counters; i++) {
+      const address = `127.7.0.${i + 1}:9001`;
+      mesh.counters.push({ index: i, id: `counter-${i + 1}`, address, log: new MemoryLog(mesh.clock, mulberry32(opts.seed + i)), counter: null });
+    }
+    for (const c of mesh.counters) await mesh.startCounter(c.index);
+    for (let j = 0; j < (opts.coordinators ?? 1); j++) {
+      const name = `coordinator-${j + 1}`;
+      const config = coordinatorConfig({
+        ...TIMING,
+        COORDINATOR_ID: name,
+        COUNTERS: mesh.counters.map((c) => c.address).join(','),
+      });
+      const pool = new CounterPool(config, mesh.log.child({ node: name }), { transport: mesh.net.transportFor(name), clock: mesh.clock });
+      await pool.start();
+      mesh.pools.push(pool);
+    }
+    return mesh;
+  }
+
+  /** Starts (or restarts after a crash) counter `i` from what its log holds. */
+  async startCounter(i: number): Promise<void> {
+    const c = this.counters[i]!;
+    if (c.counter) throw new Error(`${c.id} is running`);
+    const config = counterConfig({
+      ...TIMING,
+      COUNTER_ID: c.id,
+      ADVERTISE_ADDRESS: c.address,
+      PEERS: this.counters.filter((o) => o !== c).map((o) => o.address).join(','),
+    });
+    const counter = await Counter.create(
+      config,
+      { log: c.log, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31) },
+      c.log.recovered(),
+      this.log.child({ node: c.id }),
+    );
+    this.net.listen(c.address, c.id, (wire, remote) => counter.accept(wire, remote));
+    c.counter = counter;
+  }
+
+  /** Counter `i` dies at once: connections drop, timers stop; its log keeps what was appended. */
+  async crashCounter(i: number): Promise<void> {
+    const c = this.counters[i]!;
+    if (!c.counter) return;
+    this.net.crash(c.address, c.id);
+    const counter = c.counter;
+    c.counter = null;
+    await counter.close();
+  }
+
+  /** Advances simulated time by `ms`, running every event due meanwhile (microtasks drained after each). */
+  async run(ms: number): Promise<void> {
+    const end = this.clock.now() + ms;
+    while (this.clock.step(end)) await drain();
+    await drain();
+  }
+
+  /** Runs until `cond` holds, at most `ms` of simulated time; throws with `what` when it never does. */
+  async until(cond: () => boolean, ms: number, what: string): Promise<void> {
+    const end = this.clock.now() + ms;
+    while (!cond()) {
+      if (this.clock.now() >= end) throw new Error(`not within ${ms} simulated ms: ${what}`);
+      if (!this.clock.step(end)) break;
+      await drain();
+    }
+    if (!cond()) throw new Error(`not within ${ms} simulated ms: ${what}`);
+  }
+
+  /** Runs the simulation until every promise settled (at most `ms` simulated), then gives their values. */
+  async settle<T>(promises: Promise<T>[], ms = 30_000): Promise<T[]> {
+    let settled = 0;
+    for (const p of promises) void p.then(() => settled++, () => settled++);
+    await this.until(() => settled === promises.length, ms, `${promises.length} operations answered`);
+    return Promise.all(promises);
+  }
+
+  /** Writes through coordinator `j`, recording what was sent and what was acknowledged. */
+  write(j: number, items: Item[]): Promise<boolean> {
+    for (const it of items) setOf(this.sent, it.tenant).add(it.id);
+    return this.pools[j]!.add(items).then(
+      () => {
+        for (const it of items) setOf(this.acked, it.tenant).add(it.id);
+        return true;
+      },
+      () => false,
+    );
+  }
+
+  /** Every running counter holds exactly the same count for every tenant. */
+  converged(): boolean {
+    const running = this.counters.filter((c) => c.counter);
+    for (const tenant of this.sent.keys()) {
+      const counts = new Set(running.map((c) => c.counter!.count(tenant)));
+      if (counts.size !== 1) return false;
+    }
+    return true;
+  }
+
+  /**
+   * The one check of a run: every running counter agrees on every tenant, holds every
+   * acknowledged item, and nothing that was never sent; and no bug was logged.
+   */
+  compare(): void {
+    const problems: string[] = [];
+    for (const c of this.counters) {
+      if (!c.counter) continue;
+      for (const [tenant, ids] of this.sent) {
+        const n = c.counter.count(tenant);
+        const acked = this.acked.get(tenant)?.size ?? 0;
+        if (n < acked) problems.push(`${c.id} counts ${n} for ${tenant}, below the ${acked} acknowledged`);
+        if (n > ids.size) problems.push(`${c.id} counts ${n} for ${tenant}, above the ${ids.size} ever sent`);
+      }
+    }
+    if (!this.converged()) problems.push('counters disagree');
+    if (this.errors.length > 0) problems.push(`errors logged:\n${this.errors.join('\n')}`);
+    if (problems.length > 0) throw new Error(problems.join('\n'));
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.pools) p.close();
+    for (const c of this.counters) await this.crashCounter(c.index);
+    await this.run(10_000);
+  }
+}
+
+function setOf(map: Map<string, Set<string>>, key: string): Set<string> {
+  let s = map.get(key);
+  if (!s) {
+    s = new Set();
+    map.set(key, s);
+  }
+  return s;
+}
+
+/**
+ * Lets every promise continuation of the last event run. They are microtasks, which all run
+ * before a real macrotask; nothing else in the simulation uses the real event loop, so their
+ * order is a function of the seed alone.
+ */
+function drain(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
