@@ -18,6 +18,9 @@ import { Mesh, MeshProcess, freePort, httpsRequest } from './support/mesh.ts';
 import { makeTestCerts, type TestCerts } from './support/certs.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { ConfigError, SETTINGS, coordinatorConfig, counterConfig } from '../src/shared/config.ts';
+import { Counter } from '../src/counter/counter.ts';
+import { parseAllDocuments } from 'yaml';
+import pino from 'pino';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -204,6 +207,30 @@ test('TLS settings are checked at start, with messages naming the setting', () =
   const counter = counterConfig({ TLS_CERT: cert, TLS_KEY: key, TLS_CA: ca, TLS_CLIENT_AUTH: 'require' });
   assert.ok(counter.tls?.listens && counter.tls.dials && counter.tls.requireClientCert);
   assert.is(counterConfig({}).tls, null, 'no TLS by default');
+});
+
+test('the Kubernetes readiness command works over TLS with client certificates and mid-rotation (current,previous)', async () => {
+  const docs = parseAllDocuments(fs.readFileSync(path.join(ROOT, 'deploy', 'kubernetes', 'counters.yaml'), 'utf8')).map((d) => d.toJS() as Record<string, unknown>);
+  const set = docs.find((d) => d.kind === 'StatefulSet') as { spec: { template: { spec: { containers: { readinessProbe: { exec: { command: string[] } } }[] } } } };
+  const command = set.spec.template.spec.containers[0]!.readinessProbe.exec.command;
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(certs.dir, 'probe-'));
+  const tlsEnv = { TLS_CERT: certs.good.cert, TLS_KEY: certs.good.key, TLS_CA: certs.good.ca };
+  const config = counterConfig({ ...tlsEnv, TLS_CLIENT_AUTH: 'require', CLUSTER_SECRET: 'n3w,0ld', HOST: '127.0.0.1', COUNTER_PORT: String(port), DATA_DIR: dir, LOG_LEVEL: 'silent' });
+  const counter = await Counter.start(config, pino({ level: 'silent' }));
+  const probe = (env: Record<string, string>) =>
+    new Promise<number | null>((resolve, reject) => {
+      const child = spawn(process.execPath, command.slice(1).map((a) => a.replace(':9001/', `:${port}/`)), { env: { PATH: process.env.PATH ?? '', ...env }, stdio: 'ignore' });
+      child.once('error', reject);
+      child.once('exit', (code) => resolve(code));
+    });
+  try {
+    assert.is(await probe({ ...tlsEnv, CLUSTER_SECRET: 'n3w,0ld' }), 0, 'ready, sending the current secret of the pair');
+    assert.is(await probe({ ...tlsEnv, CLUSTER_SECRET: 'other' }), 1, 'refused with a wrong secret');
+    assert.is(await probe({ CLUSTER_SECRET: 'n3w,0ld' }), 1, 'plain HTTP to the TLS port is not ready');
+  } finally {
+    await counter.close();
+  }
 });
 
 /** `n` consecutive free ports on 127.0.0.1 (`up` numbers its counters from a base port). */
