@@ -33,7 +33,7 @@ test('CLUSTER_SECRET takes one secret or current,previous', () => {
 test('a rolling rotation under load: no failed write, no lost item', async () => {
   const a = randomBytes(12).toString('hex');
   const b = randomBytes(12).toString('hex');
-  mesh = await Mesh.start({ counters: 3, coordinators: 2, secret: a });
+  mesh = await Mesh.start({ counters: 3, coordinators: 2, secret: a, logLevel: process.env.ROTATION_LOG_LEVEL ?? 'warn' });
   const m = mesh;
 
   // ---- load: writers spread over the coordinators that are not being restarted
@@ -43,6 +43,9 @@ test('a rolling rotation under load: no failed write, no lost item', async () =>
   const failures: string[] = [];
   let seq = 0;
   let stop = false;
+  const stuck: string[] = [];
+  /** What is being restarted, for failure reports. */
+  let phase = 'start';
   const writer = async (w: number) => {
     let turn = w;
     while (!stop) {
@@ -56,9 +59,10 @@ test('a rolling rotation under load: no failed write, no lost item', async () =>
       const items = Array.from({ length: 1 + (seq % 4) }, () => ({ tenant, id: `i${seq++}` }));
       inFlight[coord]!++;
       try {
-        const status = await m.post(items, coord);
-        if (status === 200) acked.set(tenant, (acked.get(tenant) ?? 0) + items.length);
-        else failures.push(`coordinator ${coord}: HTTP ${status}`);
+        const res = await m.call(m.url('/items', coord), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+        const text = await res.text();
+        if (res.status === 200) acked.set(tenant, (acked.get(tenant) ?? 0) + items.length);
+        else failures.push(`coordinator ${coord}: HTTP ${res.status} ${text} (${phase})`);
       } catch (err) {
         failures.push(`coordinator ${coord}: ${(err as Error).message}`);
       } finally {
@@ -75,7 +79,16 @@ test('a rolling rotation under load: no failed write, no lost item', async () =>
       available.delete(coordinator);
       await waitFor(() => inFlight[coordinator] === 0, 10_000, `requests to coordinator ${coordinator} to finish`);
     }
-    await proc.kill('SIGTERM');
+    phase = `restarting ${proc.name} with ${secret === b ? 'B' : 'B,A'}`;
+    // graceful: SIGTERM answers what was received (within SHUTDOWN_TIMEOUT_MS), then exits. One
+    // still there well after that fails the test at the end; it is killed so the run goes on
+    void proc.stop('SIGTERM');
+    try {
+      await waitFor(() => !proc.running, 20_000, `${proc.name} to exit after SIGTERM`);
+    } catch {
+      stuck.push(`${proc.name} did not exit within 20 s of SIGTERM (${phase}):\n${proc.tail(15)}`);
+      await proc.kill('SIGKILL');
+    }
     proc.env = { ...proc.env, CLUSTER_SECRET: secret };
     const before = ackedTotal();
     proc.start();
@@ -104,6 +117,7 @@ test('a rolling rotation under load: no failed write, no lost item', async () =>
   stop = true;
   await Promise.all(writers);
   assert.equal(failures.slice(0, 10), [], `${failures.length} writes failed`);
+  assert.equal(stuck, [], 'every process stops on SIGTERM');
   assert.ok(ackedTotal() > 200, `enough load went through (${ackedTotal()} items)`);
   await m.waitConverged(acked, 30_000);
   // and the old secret is refused everywhere now
