@@ -41,6 +41,9 @@ class FakePool implements PoolApi {
     this.counts.push(tenant);
     return this.sets.get(tenant)?.size ?? 0;
   }
+  replicas() {
+    return [];
+  }
   get total(): number {
     let n = 0;
     for (const s of this.sets.values()) n += s.size;

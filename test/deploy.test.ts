@@ -200,7 +200,7 @@ test('probes: the coordinator\'s /ready and /health answer on the port it listen
   const port = c.ports!.find((p) => p.name === c.readinessProbe?.httpGet?.port);
   assert.is(port?.containerPort, config.port, 'the readiness probe targets HTTP_PORT');
   assert.is(c.livenessProbe?.httpGet?.port, port?.name);
-  const pool: PoolApi = { anyUsable: true, view: () => [], add: async () => undefined, count: async () => 0 };
+  const pool: PoolApi = { anyUsable: true, view: () => [], add: async () => undefined, count: async () => 0, replicas: () => [] };
   const app = buildCoordinatorServer(config, pool, silent);
   try {
     for (const probe of [c.readinessProbe!, c.livenessProbe!]) {

@@ -230,7 +230,7 @@ test('access: counters need CLUSTER_SECRET for /metrics; the coordinator needs A
   } finally {
     await mesh.close();
   }
-  const pool = { anyUsable: true, view: () => [], count: async () => 0, add: async () => 0 };
+  const pool = { anyUsable: true, view: () => [], count: async () => 0, add: async () => 0, replicas: () => [] };
   const app = buildCoordinatorServer(coordinatorConfig({ API_KEY: 'k3y' }), pool, pino({ level: 'silent' }));
   try {
     assert.is((await app.inject({ url: '/metrics' })).statusCode, 401);
@@ -243,7 +243,7 @@ test('access: counters need CLUSTER_SECRET for /metrics; the coordinator needs A
 });
 
 test('METRICS=off: no /metrics (a 404 that says how to turn them on) and the page says the rates are off', async () => {
-  const pool = { anyUsable: true, view: () => [], count: async () => 0, add: async () => 0 };
+  const pool = { anyUsable: true, view: () => [], count: async () => 0, add: async () => 0, replicas: () => [] };
   const app = buildCoordinatorServer(coordinatorConfig({ METRICS: 'off' }), pool, pino({ level: 'silent' }));
   try {
     const res = await app.inject({ url: '/metrics' });

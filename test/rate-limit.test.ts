@@ -26,6 +26,9 @@ class FakePool implements PoolApi {
   async count(): Promise<number> {
     return 0;
   }
+  replicas() {
+    return [];
+  }
 }
 
 const apps: FastifyInstance[] = [];

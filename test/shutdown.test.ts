@@ -209,6 +209,9 @@ class HeldPool implements PoolApi {
   view() {
     return [];
   }
+  replicas() {
+    return [];
+  }
   add(_items: readonly Item[]): Promise<void> {
     return new Promise((resolve) => this.held.push(resolve));
   }

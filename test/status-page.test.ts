@@ -129,6 +129,7 @@ test('with API_KEY: the page asks for the key, refuses a wrong one, and takes it
     view: () => [{ id: 'solo', address: '127.0.0.1:1', reachable: true, ready: true, lastHeardAt: new Date().toISOString(), items: 7, replicationLagSeconds: 0 }],
     count: async () => 0,
     add: async () => 0,
+    replicas: () => [],
   };
   const app = buildCoordinatorServer(coordinatorConfig({ API_KEY: 's3cret key' }), pool, pino({ level: 'silent' }));
   await app.listen({ host: '127.0.0.1', port: 0 });

@@ -22,6 +22,7 @@ async function start(env: Env = {}): Promise<{ app: FastifyInstance; base: strin
     view: () => [{ id: 'c1', address: '127.0.0.1:1', reachable: true, ready: true, lastHeardAt: null, items: 3, replicationLagSeconds: 0.2 }],
     count: async () => 3,
     add: async () => 1,
+    replicas: () => [],
   };
   const app = buildCoordinatorServer(coordinatorConfig({ API_KEY: KEY, ...env }), pool, pino({ level: 'silent' }));
   await app.listen({ host: '127.0.0.1', port: 0 });

@@ -227,6 +227,26 @@ test("non-durable appends (a peer's updates) resolve without an fdatasync; a laz
   await again.store.close();
 });
 
+test('sync(): after non-durable appends it syncs at once; with nothing unsynced it costs nothing', async () => {
+  const { text, updates } = makeDoc();
+  writeItems(text, 0, 1);
+  const { store } = await openStore(dirs.make());
+  const fh = (store as unknown as { current: { fh: FileHandle } }).current.fh;
+  let syncs = 0;
+  const realSync = fh.datasync.bind(fh);
+  fh.datasync = () => {
+    syncs++;
+    return realSync();
+  };
+  await store.sync();
+  assert.is(syncs, 0, 'nothing to sync');
+  await store.append(updates[0]!, false);
+  assert.is(syncs, 0);
+  await store.sync();
+  assert.is(syncs, 1, 'the peer update is on disk before sync() resolves, not a second later');
+  await store.close();
+});
+
 test('stores take no lock: one in DATA_DIR beside the lock and one per subdirectory recover independently', async () => {
   const dataDir = dirs.make();
   const lock = await DataDirLock.acquire(dataDir, silentLog);

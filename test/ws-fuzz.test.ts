@@ -35,6 +35,8 @@ import {
   writeAdd,
   writeAwareness,
   writeCount,
+  writeTally,
+  writeTallied,
   writeHello,
   writeReply,
   writeStatus,
@@ -95,6 +97,8 @@ function validFrames(): Uint8Array[] {
     writeHello({ role: pick(['peer', 'coordinator']), nodeId: `fz-${int(0, 99)}`, address: '127.0.0.1:1' }),
     writeAdd(int(0, 1e6), [{ tenant: 'wsfz-a', id: `x${int(0, 1e6)}` }, { tenant: 'wsfz-b', id: 'y' }]),
     writeCount(int(0, 1e6), 'wsfz-a'),
+    writeTally(int(0, 1e6), 'wsfz-a', pick([[], ['c1'], ['c1', 'fz-peer']])),
+    writeTallied(int(0, 1e6), int(0, 1e6), int(0, 2 ** 40)),
     writeReply(int(0, 1e6), ReplyStatus.Ok, int(0, 1e6), 'ok'),
     writeStatus({ id: 'fz', address: '127.0.0.1:1', ready: true, items: 3, members: [] }),
     writeAwareness(awarenessUpdate),
@@ -147,7 +151,7 @@ function malformed(): Fuzz {
     case 0:
       return { kind: 'garbage', data: bytes(int(0, 200)) };
     case 1:
-      return { kind: 'unknown type', data: concat(varUint(int(7, 2 ** 28)), bytes(int(0, 20))) };
+      return { kind: 'unknown type', data: concat(varUint(int(9, 2 ** 28)), bytes(int(0, 20))) };
     case 2:
       return { kind: 'empty frame', data: new Uint8Array(0) };
     case 3:

@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import { Dialer } from '../protocol/dialer.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
-import { MessageType, ProtocolError, ReplyStatus, writeAdd, writeCount, writeHello, type Item, type Message, type Status } from '../protocol/messages.ts';
+import { MessageType, ProtocolError, ReplyStatus, writeAdd, writeCount, writeHello, writeTally, type Item, type Message, type Status } from '../protocol/messages.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { CoordinatorConfig } from '../shared/config.ts';
@@ -43,8 +43,15 @@ interface QueuedAdd {
   reject: (err: Error) => void;
 }
 
+/** A counter's count of a tenant with the digest of the tenant's ids (see `IdIndex.digest`). */
+export interface Tally {
+  count: number;
+  digest: number;
+}
+
 interface Pending {
-  resolve: (value: number) => void;
+  /** `digest` is set for Tallied answers only. */
+  resolve: (value: number, digest: number) => void;
   reject: (err: Error) => void;
   deadline: number;
 }
@@ -174,6 +181,17 @@ export class CounterLink implements Receiver {
     return this.request((reqId) => writeCount(reqId, tenant));
   }
 
+  /** Count and digest of a tenant, after the counter pulled from the peers with ids `pullFrom` (read repair). */
+  tally(tenant: string, pullFrom: readonly string[] = []): Promise<Tally> {
+    const sock = this.sock;
+    if (!sock?.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
+    const reqId = this.takeReqId();
+    return new Promise<Tally>((resolve, reject) => {
+      this.pending.set(reqId, { resolve: (count, digest) => resolve({ count, digest }), reject, deadline: this.clock.now() + this.config.counterTimeoutMs });
+      sock.send(writeTally(reqId, tenant, pullFrom));
+    });
+  }
+
   close(): void {
     this.clock.clear(this.sweep);
     this.dialer.close();
@@ -184,13 +202,18 @@ export class CounterLink implements Receiver {
   private request(frame: (reqId: number) => Uint8Array, now = false): Promise<number> {
     const sock = this.sock;
     if (!sock?.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
-    const reqId = this.nextReqId++;
-    if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
+    const reqId = this.takeReqId();
     return new Promise<number>((resolve, reject) => {
       this.pending.set(reqId, { resolve, reject, deadline: this.clock.now() + this.config.counterTimeoutMs });
       if (now) sock.sendNow(frame(reqId));
       else sock.send(frame(reqId));
     });
+  }
+
+  private takeReqId(): number {
+    const reqId = this.nextReqId++;
+    if (this.nextReqId > 0x7fffffff) this.nextReqId = 1;
+    return reqId;
   }
 
   /** One sweep timer instead of a timer per request (measurable at tens of thousands of reads/s). */
@@ -239,9 +262,17 @@ export class CounterLink implements Receiver {
         const p = this.pending.get(msg.reqId);
         if (!p) return; // answered after its timeout
         this.pending.delete(msg.reqId);
-        if (msg.status === ReplyStatus.Ok) p.resolve(msg.value);
+        // no digest in a Reply: NaN equals nothing, so a quorum read would not take it for agreement
+        if (msg.status === ReplyStatus.Ok) p.resolve(msg.value, Number.NaN);
         else if (msg.status === ReplyStatus.BadRequest) p.reject(new CounterRejectedError(msg.message));
         else p.reject(new CounterUnavailableError(`counter ${this.id}: ${msg.message}`));
+        return;
+      }
+      case MessageType.Tallied: {
+        const p = this.pending.get(msg.reqId);
+        if (!p) return;
+        this.pending.delete(msg.reqId);
+        p.resolve(msg.count, msg.digest);
         return;
       }
       default:

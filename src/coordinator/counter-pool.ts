@@ -94,6 +94,21 @@ export class CounterPool {
     return scored.sort((a, b) => b.w - a.w).map((s) => s.link);
   }
 
+  /**
+   * The replicas of a tenant in placement order: this coordinator's home counter first, then its
+   * failover order. Every member counts, reachable or not, so a quorum keeps its size when
+   * counters die. Today every counter holds every tenant, so this is every counter known (one
+   * link per counter id); shards will narrow it to the tenant's shard's replicas.
+   */
+  replicas(_tenant: string): CounterLink[] {
+    const byId = new Map<string, CounterLink>();
+    for (const link of this.links.values()) {
+      const seen = byId.get(link.id);
+      if (!seen || (!seen.usable && link.usable)) byId.set(link.id, link);
+    }
+    return [...byId.values()].sort((a, b) => this.weight(b) - this.weight(a));
+  }
+
   /** The home counter: the usable one with the highest weight, no sorting. */
   private home(): CounterLink | undefined {
     let best: CounterLink | undefined;

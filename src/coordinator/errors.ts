@@ -4,7 +4,7 @@
  *
  * | status | code                     | when                                                               |
  * |--------|--------------------------|--------------------------------------------------------------------|
- * | 400    | INVALID_REQUEST          | the body or a URL parameter breaks the schema (message names field/index) |
+ * | 400    | INVALID_REQUEST          | the body, a URL parameter or `w`/`r` breaks the rules (message names field/index, or the allowed levels) |
  * | 400    | INVALID_JSON             | the body is not JSON (or not UTF-8)                                |
  * | 400    | EMPTY_BODY               | Content-Type: application/json with no body                        |
  * | 400    | INVALID_CONTENT_LENGTH   | Content-Length does not match the body                             |
@@ -24,6 +24,7 @@
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
  * | 503    | TOO_MANY_VIEWERS         | 64 status-page streams are open already (`Retry-After`)            |
  * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
+ * | 503    | NOT_ENOUGH_REPLICAS      | fewer replicas than `w`/`r` acknowledged or answered in time (`Retry-After`); the message gives both numbers |
  * | 500    | INTERNAL                 | a bug; logged                                                      |
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';

@@ -13,6 +13,7 @@ import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { systemClock } from '../shared/clock.ts';
 import { CounterRejectedError } from './counter-link.ts';
+import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from './quorum.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
 import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
@@ -41,7 +42,12 @@ type Req = FastifyRequest & { singleItem?: boolean };
 /** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
 export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partial<Pick<CounterPool, 'failovers'>> & {
   add(items: readonly Item[]): Promise<unknown>;
+  /** The tenant's replicas in placement order (see CounterPool.replicas). */
+  replicas(tenant: string): readonly Replica[];
 };
+
+/** `?w=` / `?r=`: read by hand, not by a querystring schema, so requests without them pay nothing. */
+type LevelQuery = { w?: unknown; r?: unknown };
 
 export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool: PoolApi, log: Logger): FastifyInstance {
   const drain: DrainState = { draining: false };
@@ -155,8 +161,17 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   app.post<{ Body: Item[] }>('/items', {
     schema: { body: postItemsBody(config.maxBatch), response: { 200: postItemsResponse } },
     handler: async (req, reply) => {
+      const raw = (req.query as LevelQuery).w;
       try {
-        await pool.add(req.body);
+        if (raw === undefined && config.writeQuorum === 'one') {
+          await pool.add(req.body);
+        } else {
+          // a batch's tenants share their replicas until shards exist; with shards, a batch splits by shard
+          const replicas = pool.replicas(req.body[0]!.tenant);
+          const w = requestedReplicas(raw, 'w', config.writeQuorum, replicas.length);
+          if (w === 1) await pool.add(req.body);
+          else await writeQuorum(replicas, req.body, w);
+        }
       } catch (err) {
         return unavailable(reply, err);
       }
@@ -169,16 +184,26 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     // a response schema lets fastify serialize with a compiled stringifier
     schema: { params: countParams, response: { 200: countResponse } },
     handler: async (req, reply) => {
+      const raw = (req.query as LevelQuery).r;
+      const { tenant } = req.params;
       try {
-        return { count: await pool.count(req.params.tenant) };
+        if (raw === undefined && config.readQuorum === 'one') return { count: await pool.count(tenant) };
+        const replicas = pool.replicas(tenant);
+        const r = requestedReplicas(raw, 'r', config.readQuorum, replicas.length);
+        return { count: r === 1 ? await pool.count(tenant) : await readQuorum(replicas, tenant, r) };
       } catch (err) {
-        return unavailable(reply, err);
+        return unavailable(reply, err, true);
       }
     },
   });
 
-  function unavailable(reply: Parameters<typeof sendError>[0], err: unknown) {
+  function unavailable(reply: Parameters<typeof sendError>[0], err: unknown, read = false) {
     if (err instanceof CounterRejectedError) return sendError(reply, 400, 'REJECTED_BY_COUNTER', err.message);
+    if (err instanceof NotEnoughReplicasError) {
+      reply.header('retry-after', '1');
+      const hint = read ? 'retry later, or read with a smaller r' : 'retry later: what was stored stays stored and adds are idempotent, so resending the same items is safe';
+      return sendError(reply, 503, 'NOT_ENOUGH_REPLICAS', `${err.message}; ${hint}`);
+    }
     if (!(err instanceof NoCounterAvailableError)) throw err;
     reply.header('retry-after', '1');
     return sendError(reply, 503, 'NO_COUNTER', `${err.message}; retry later — adds are idempotent, so resending the same items is safe`);

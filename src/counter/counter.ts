@@ -18,6 +18,12 @@ import { buildCounterServer } from './server.ts';
 import { CounterMetrics } from './metrics.ts';
 import { closeWithin } from '../shared/http-shutdown.ts';
 
+/**
+ * How long read repair waits for a peer's answer. Below the coordinator's default
+ * COUNTER_TIMEOUT_MS (3 s), so a coordinator hears "could not pull" rather than nothing.
+ */
+const PULL_TIMEOUT_MS = 1000;
+
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
 
@@ -25,6 +31,8 @@ const CATCH_UP_GRACE_HEARTBEATS = 2;
 export interface UpdateLog {
   /** Appends one update; resolves once written, and fsynced when `durable`. Appends are written in order. */
   append(update: Uint8Array, durable: boolean): Promise<void>;
+  /** Resolves once every update appended so far is fsynced (non-durable appends included). */
+  sync(): Promise<void>;
   /** True when the log has grown enough to be folded into a snapshot (the store's policy). */
   needsCompaction(): boolean;
   /** Writes the state `snapshot` returns as the new snapshot and drops the logs it covers. */
@@ -183,6 +191,14 @@ export class Counter implements CounterApi {
     return this.gset.count(tenant);
   }
 
+  digest(tenant: string): number {
+    return this.gset.digest(tenant);
+  }
+
+  pull(peerId: string): Promise<void> {
+    return this.gossip.pull(peerId, PULL_TIMEOUT_MS);
+  }
+
   status(): Status {
     return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members(), lag: this.metrics?.lagByPeer() };
   }
@@ -255,7 +271,8 @@ export class Counter implements CounterApi {
     this.queue = [];
     try {
       const update = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
-      await (update ? this.commit(update, LOCAL) : this.logTail);
+      // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
+      await (update ? this.commit(update, LOCAL) : this.logTail.then(() => this.storage.sync()));
       if (this.persistDebt) await this.repayDebt();
       for (const b of batch) b.resolve(b.items.length);
       if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));

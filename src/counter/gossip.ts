@@ -34,7 +34,14 @@ interface Peer {
   id: string | null;
   address: string | null;
   origin: Origin;
+  /**
+   * One entry per sync step 1 sent on this socket, oldest first: the peer answers each with one
+   * step 2, in order, so the next step 2 received settles the oldest entry (read repair waits on it).
+   */
+  step2Waiters: ((ok: boolean) => void)[];
 }
+
+const noWaiter = (): void => {};
 
 export interface GossipEvents {
   /** A peer's full state (sync step 2) was applied. */
@@ -90,6 +97,32 @@ export class Gossip {
     return out;
   }
 
+  /**
+   * Read repair: asks the peer for what it holds and we lack (a sync step 1 out of turn) and
+   * resolves once its answer is applied, so a count taken afterwards includes the peer's items.
+   * Rejects when no link to that peer is open, when the link closes, or after `timeoutMs`.
+   */
+  pull(peerId: string, timeoutMs: number): Promise<void> {
+    let peer: Peer | undefined;
+    for (const p of this.peers) if (p.id === peerId && p.sock.open) peer = p;
+    if (!peer) return Promise.reject(new Error(`no open link to peer ${peerId}`));
+    const { sock, step2Waiters } = peer;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const settle = (ok: boolean, why: string) => {
+        if (settled) return;
+        settled = true;
+        this.clock.clear(timer);
+        if (ok) resolve();
+        else reject(new Error(`could not pull from peer ${peerId}: ${why}`));
+      };
+      const timer = this.clock.setTimeout(() => settle(false, `no answer within ${timeoutMs} ms`), timeoutMs);
+      // the waiter stays queued after a timeout: it still marks which step 2 answers this step 1
+      step2Waiters.push((ok) => settle(ok, 'the link closed'));
+      sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
+    });
+  }
+
   /** Takes over an accepted socket whose first message was a peer Hello. */
   adopt(sock: MeshSocket, hello: Message): void {
     const peer = this.addPeer(null, (receiver) => {
@@ -138,7 +171,8 @@ export class Gossip {
     let peer: Peer | null = null;
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock } };
+    // the step 1 sent below is the first the peer answers
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: [noWaiter] };
     this.peers.add(peer);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress }));
     sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
@@ -149,6 +183,7 @@ export class Gossip {
 
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
+    for (const w of peer.step2Waiters.splice(0)) w(false);
     this.publishLinks();
     this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
     this.events.onMembersChanged();
@@ -183,7 +218,11 @@ export class Gossip {
         if (reply) peer.sock.send(reply);
         if (stateVector && reply && peer.id !== null) this.events.observer?.onPeerStateVector(peer.id, stateVector, reply.length);
         for (const update of produced) this.events.onApplied(update, peer.origin);
-        if (kind === syncProtocol.messageYjsSyncStep2) this.events.onSynced(peer.id);
+        if (kind === syncProtocol.messageYjsSyncStep2) {
+          // applied (and counted) by now: a read repair waiting on this answer can count
+          peer.step2Waiters.shift()?.(true);
+          this.events.onSynced(peer.id);
+        }
         return;
       }
       case MessageType.Awareness:
@@ -323,7 +362,10 @@ export class Gossip {
   private compareStateVectors(): void {
     if (this.peers.size === 0) return;
     const frame = writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc));
-    for (const p of this.peers) p.sock.send(frame);
+    for (const p of this.peers) {
+      p.step2Waiters.push(noWaiter);
+      p.sock.send(frame);
+    }
     this.reconcileDialers();
   }
 }

@@ -73,6 +73,11 @@ export class GSet {
     return this.index.count(tenant);
   }
 
+  /** The tenant's set digest (see `IdIndex.digest`). */
+  digest(tenant: string): number {
+    return this.index.digest(tenant);
+  }
+
   /** Distinct items over all tenants. */
   get size(): number {
     return this.index.size;

@@ -45,6 +45,27 @@ const MAX_TENANTS = 2 ** 31;
 interface TenantEntry {
   readonly no: number;
   count: number;
+  /** XOR of the ids' digest hashes. */
+  dx: number;
+  /** Sum mod 2^32 of a second mix of the same hashes. */
+  ds: number;
+}
+
+/**
+ * Stands in for the tenant number when hashing an id for the digest: tenant numbers depend on the
+ * order tenants arrived in, which differs between counters, and digests must not.
+ */
+const DIGEST_SEED = 0x3c6ef372;
+
+/** murmur3's fmix32 over `h ^ 0x5bd1e995`: a second, non-linear view of a hash for the digest's sum. */
+function remix(h: number): number {
+  let x = (h ^ 0x5bd1e995) >>> 0;
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x85ebca6b);
+  x ^= x >>> 13;
+  x = Math.imul(x, 0xc2b2ae35);
+  x ^= x >>> 16;
+  return x >>> 0;
 }
 
 /**
@@ -130,7 +151,7 @@ export class IdIndex {
     let entry = this.#tenants.get(tenant);
     if (entry === undefined) {
       if (this.#tenants.size >= MAX_TENANTS) throw new RangeError('IdIndex: too many tenants');
-      entry = { no: this.#tenants.size, count: 0 };
+      entry = { no: this.#tenants.size, count: 0, dx: 0, ds: 0 };
       // callers pass slices of large strings; keying the map by one would keep the whole parent alive
       this.#tenants.set(flatCopy(tenant), entry);
     }
@@ -142,6 +163,9 @@ export class IdIndex {
     table[2 * i] = this.#append(tag, id) + 1;
     table[2 * i + 1] = h;
     entry.count++;
+    const g = hashId(DIGEST_SEED, id);
+    entry.dx = (entry.dx ^ g) >>> 0;
+    entry.ds = (entry.ds + remix(g)) >>> 0;
     if (++this.#size >= this.#growAt) this.#grow();
     return true;
   }
@@ -168,6 +192,16 @@ export class IdIndex {
   /** Distinct ids added under `tenant`; 0 for unknown tenants. */
   count(tenant: string): number {
     return this.#tenants.get(tenant)?.count ?? 0;
+  }
+
+  /**
+   * A digest of the tenant's set of ids, below 2^53 and independent of the order ids arrived in:
+   * two counters whose counts and digests of a tenant are equal hold the same ids of it (but for
+   * a chance of about 2^-53). Quorum reads compare them to know that replicas agree.
+   */
+  digest(tenant: string): number {
+    const e = this.#tenants.get(tenant);
+    return e === undefined ? 0 : e.dx * 2 ** 21 + (e.ds >>> 11);
   }
 
   /** Distinct pairs in total. */

@@ -3,7 +3,7 @@
  * every heartbeat so the coordinator knows who is ready and what the mesh looks like.
  */
 import type { Logger } from 'pino';
-import { CloseCode, MessageType, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, type Message, type Status } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { isValidItem } from './records.ts';
@@ -18,6 +18,10 @@ export interface CounterApi {
   readonly ready: boolean;
   add(items: Item[]): Promise<number>;
   count(tenant: string): number;
+  /** The tenant's set digest: equal counts and digests on two counters mean the same ids. */
+  digest(tenant: string): number;
+  /** Resolves once what the peer holds and this counter lacks is applied (read repair). */
+  pull(peerId: string): Promise<void>;
   status(): Status;
 }
 
@@ -122,6 +126,23 @@ export class CoordinatorSessions {
         }
         sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
         return;
+      case MessageType.Tally: {
+        const { reqId, tenant, pullFrom } = msg;
+        if (!this.counter.ready) {
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
+        const tally = () => sock.send(writeTallied(reqId, this.counter.count(tenant), this.counter.digest(tenant)));
+        if (pullFrom.length === 0) {
+          tally();
+          return;
+        }
+        Promise.all(pullFrom.map((id) => this.counter.pull(id))).then(tally, (err: Error) => {
+          this.log.debug({ err: err.message, tenant }, 'read repair could not pull from a peer');
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
+        });
+        return;
+      }
       case MessageType.Hello:
         return; // a repeated hello changes nothing
       default:

@@ -22,6 +22,13 @@ export const MessageType = {
   Reply: 5,
   /** Counter → coordinator: readiness, size and known members, sent on change and every heartbeat. */
   Status: 6,
+  /**
+   * Coordinator → counter: count one tenant with the tenant's set digest, after first pulling
+   * what the named peers hold and this counter lacks (quorum reads and their read repair).
+   */
+  Tally: 7,
+  /** Counter → coordinator: answer to Tally (a failed Tally is answered with Reply). */
+  Tallied: 8,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -82,7 +89,9 @@ export type Message =
   | { type: typeof MessageType.Add; reqId: number; items: Item[] }
   | { type: typeof MessageType.Count; reqId: number; tenant: string }
   | { type: typeof MessageType.Reply; reqId: number; status: ReplyStatusNumber; value: number; message: string }
-  | { type: typeof MessageType.Status; status: Status };
+  | { type: typeof MessageType.Status; status: Status }
+  | { type: typeof MessageType.Tally; reqId: number; tenant: string; pullFrom: string[] }
+  | { type: typeof MessageType.Tallied; reqId: number; count: number; digest: number };
 
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
@@ -141,6 +150,28 @@ export function writeReply(reqId: number, status: ReplyStatusNumber, value: numb
 
 export function writeStatus(s: Status): Uint8Array {
   return frame(MessageType.Status, (e) => encoding.writeVarString(e, JSON.stringify(s)));
+}
+
+/** Most peers a Tally may name: more than any mesh has replicas of a tenant. */
+export const MAX_TALLY_PEERS = 64;
+
+/** @param pullFrom node ids of peers to pull from first; empty: count at once. */
+export function writeTally(reqId: number, tenant: string, pullFrom: readonly string[] = []): Uint8Array {
+  return frame(MessageType.Tally, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarString(e, tenant);
+    encoding.writeVarUint(e, pullFrom.length);
+    for (const id of pullFrom) encoding.writeVarString(e, id);
+  });
+}
+
+/** @param digest the tenant's set digest, below 2^53 (see `IdIndex.digest`). */
+export function writeTallied(reqId: number, count: number, digest: number): Uint8Array {
+  return frame(MessageType.Tallied, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarUint(e, count);
+    encoding.writeVarUint(e, digest);
+  });
 }
 
 export { MAX_WIRE_FIELD_CHARS };
@@ -214,6 +245,19 @@ export function readMessage(data: Uint8Array): Message {
     }
     case MessageType.Status:
       msg = { type, status: parseStatus(decoding.readVarString(d)) };
+      break;
+    case MessageType.Tally: {
+      const reqId = decoding.readVarUint(d);
+      const tenant = readBoundedString(d, 'tenant');
+      const n = decoding.readVarUint(d);
+      if (n > MAX_TALLY_PEERS) throw new ProtocolError(`tally names ${n} peers (at most ${MAX_TALLY_PEERS})`);
+      const pullFrom: string[] = [];
+      for (let i = 0; i < n; i++) pullFrom.push(readBoundedString(d, 'node id'));
+      msg = { type, reqId, tenant, pullFrom };
+      break;
+    }
+    case MessageType.Tallied:
+      msg = { type, reqId: decoding.readVarUint(d), count: decoding.readVarUint(d), digest: decoding.readVarUint(d) };
       break;
     default:
       throw new ProtocolError(`unknown message type ${type}`);

@@ -7,6 +7,7 @@ import os from 'node:os';
 import { isLoopback, parseAddressList, type Address } from './address.ts';
 import { MAX_WIRE_FIELD_CHARS } from './limits.ts';
 import { TlsConfigError, TlsFiles } from './tls.ts';
+import { MAX_LEVEL_NUMBER, parseLevel, type Level } from './levels.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -39,6 +40,8 @@ export const SETTINGS = {
   DNS_REFRESH_MS: '10000',
   RATE_LIMIT_MAX: '0',
   RATE_LIMIT_WINDOW_MS: '1000',
+  WRITE_QUORUM: 'one',
+  READ_QUORUM: 'one',
   // counter
   COUNTER_PORT: '9001',
   COUNTER_ID: '',
@@ -137,6 +140,12 @@ class Reader {
     const v = this.str(name).trim();
     if (v !== 'on' && v !== 'off') throw new ConfigError(`${name}=${JSON.stringify(v)} is not valid: use on or off`);
     return v === 'on';
+  }
+  level(name: 'WRITE_QUORUM' | 'READ_QUORUM'): Level {
+    const raw = this.str(name).trim();
+    const level = parseLevel(raw);
+    if (level === null) throw new ConfigError(`${name}=${JSON.stringify(raw)} is not valid: use one, quorum, all or a whole number from 1 to ${MAX_LEVEL_NUMBER}`);
+    return level;
   }
   logLevel(): string {
     const v = this.str('LOG_LEVEL');
@@ -282,6 +291,10 @@ export interface CoordinatorConfig extends CommonConfig {
   /** Requests per client (address, or API key when API_KEY is set) per window; 0 turns rate limiting off. */
   rateLimitMax: number;
   rateLimitWindowMs: number;
+  /** Default `w` of POST /items: replicas that must have the items on disk before the 200. */
+  writeQuorum: Level;
+  /** Default `r` of GET /items/:tenant/count: replicas whose counts the answer is taken from. */
+  readQuorum: Level;
 }
 
 export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
@@ -307,6 +320,8 @@ export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
     dnsRefreshMs: r.int('DNS_REFRESH_MS', 100, 3_600_000),
     rateLimitMax: r.int('RATE_LIMIT_MAX', 0, 1_000_000_000),
     rateLimitWindowMs: r.int('RATE_LIMIT_WINDOW_MS', 100, 3_600_000),
+    writeQuorum: r.level('WRITE_QUORUM'),
+    readQuorum: r.level('READ_QUORUM'),
   });
 }
 

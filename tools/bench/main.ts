@@ -56,8 +56,8 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
 `;
 
 type Mode = 'smoke' | 'quick' | 'full';
-type Figure = 'post_single' | 'post_batch' | 'get_count' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
-const FIGURES: Figure[] = ['post_single', 'post_batch', 'get_count', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
+type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
+const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
 
 interface Options {
   mode: Mode;
@@ -81,11 +81,15 @@ interface Options {
 
 export interface Figures {
   post_single: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  /** post_single with `?w=quorum`: acknowledged once 2 of the 3 counters have each item on disk. */
+  post_single_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   post_batch: { items_per_s: number; batch: number; replicated_ms: number };
   get_count: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   /** The same two routes over HTTPS, every mesh socket with TLS; ratio to the plain ceiling of the same rounds. */
   post_single_tls: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   get_count_tls: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  /** get_count with `?r=quorum`: 2 of the 3 counters asked, their tallies compared. */
+  get_count_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   memory: { items: number; tenants: number; rss_bytes_per_item: number; heap_bytes_per_item: number | null };
   restart: { items: number; ms: number };
   catch_up: { items: number; ms: number };
@@ -244,10 +248,10 @@ interface Round {
   driverCores: number;
 }
 
-function postSingleRequest(): autocannon.Request {
+function postSingleRequest(query = ''): autocannon.Request {
   return {
     method: 'POST',
-    path: '/items',
+    path: `/items${query}`,
     headers: { 'content-type': 'application/json' },
     setupRequest: (req) => ({ ...req, body: JSON.stringify({ id: nextId(), tenant: randomTenant() }) }),
   };
@@ -266,8 +270,8 @@ function postBatchRequest(batch: number): autocannon.Request {
   };
 }
 
-function getCountRequest(): autocannon.Request {
-  return { method: 'GET', setupRequest: (req) => ({ ...req, path: `/items/${randomTenant()}/count` }) };
+function getCountRequest(query = ''): autocannon.Request {
+  return { method: 'GET', setupRequest: (req) => ({ ...req, path: `/items/${randomTenant()}/count${query}` }) };
 }
 
 async function drive(url: string, connections: number, seconds: number, request: autocannon.Request, track = false): Promise<Round> {
@@ -654,6 +658,10 @@ const TARGETS: Target[] = [
   { key: 'post_batch.items_per_s', op: '>=', value: 100_000 },
   { key: 'post_batch.replicated_ms', op: '<=', value: 1000 },
   { key: 'get_count.ratio', op: '>=', value: 0.6 },
+  { key: 'post_single_quorum.ratio', op: '>=', value: 0.3 },
+  { key: 'post_single_quorum.p99_ms', op: '<=', value: 25 },
+  { key: 'get_count_quorum.ratio', op: '>=', value: 0.45 },
+  { key: 'get_count_quorum.p99_ms', op: '<=', value: 25 },
   { key: 'memory.rss_bytes_per_item', op: '<=', value: 150, atItems: 1_000_000 },
   { key: 'restart.ms', op: '<=', value: 3000, atItems: 1_000_000 },
   { key: 'catch_up.ms', op: '<=', value: 5000, atItems: 1_000_000 },
@@ -731,7 +739,7 @@ export async function runBench(argv: string[]): Promise<number> {
     say(`${opts.mode} run: ${opts.rounds} round(s) of ${opts.roundS} s, ${opts.connections} connections, ${opts.mesh} mesh, ${fmtInt(opts.items)} items for memory/restart/catch_up`);
 
     const wantTls = opts.only.has('post_single_tls') || opts.only.has('get_count_tls');
-    const wantPlain = opts.only.has('post_single') || opts.only.has('post_batch') || opts.only.has('get_count');
+    const wantPlain = (['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const).some((f) => opts.only.has(f));
     const wantHttp = wantPlain || wantTls;
     if (wantHttp) {
       const ceilingHost = '127.0.0.3';
@@ -746,15 +754,14 @@ export async function runBench(argv: string[]): Promise<number> {
         cleanups.push(() => mesh.close());
         say(`mesh up (${opts.mesh}): coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}; ceiling ${ceilingUrl}`);
 
-        if (opts.only.has('post_single')) {
-          const p = await paired(opts, mesh.url, ceilingUrl, postSingleRequest, say, 'post_single');
-          figures.post_single = { rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) };
-        }
+        const throughput = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
+        if (opts.only.has('post_single')) figures.post_single = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single'));
+        // the ceiling gets the same query string, which it ignores
+        if (opts.only.has('post_single_quorum')) figures.post_single_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest('?w=quorum'), say, 'post_single_quorum'));
         if (opts.only.has('post_batch')) figures.post_batch = await postBatch(opts, mesh, say, notes);
-        if (opts.only.has('get_count')) {
-          const p = await paired(opts, mesh.url, ceilingUrl, getCountRequest, say, 'get_count');
-          figures.get_count = { rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) };
-        }
+        if (opts.only.has('get_count') || opts.only.has('get_count_quorum')) await waitSettled(mesh.counters, 120_000);
+        if (opts.only.has('get_count')) figures.get_count = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count'));
+        if (opts.only.has('get_count_quorum')) figures.get_count_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest('?r=quorum'), say, 'get_count_quorum'));
         const held = await Promise.all(mesh.counters.map(async (c) => (await c.status()).items));
         const rss = mesh.procs.map((p) => {
           try {
@@ -812,8 +819,8 @@ async function tlsRows(o: Options, root: string, secret: string, ceilingUrl: str
   say(`TLS mesh up: coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}`);
   const out: Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'> = {};
   const row = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
-  if (o.only.has('post_single_tls')) out.post_single_tls = row(await paired(o, mesh.url, ceilingUrl, postSingleRequest, say, 'post_single_tls'));
-  if (o.only.has('get_count_tls')) out.get_count_tls = row(await paired(o, mesh.url, ceilingUrl, getCountRequest, say, 'get_count_tls'));
+  if (o.only.has('post_single_tls')) out.post_single_tls = row(await paired(o, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single_tls'));
+  if (o.only.has('get_count_tls')) out.get_count_tls = row(await paired(o, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count_tls'));
   await mesh.close();
   return out;
 }
@@ -829,7 +836,7 @@ async function profileRun(o: Options, root: string, secret: string, say: Say, cl
   const stamp = Date.now();
   const mesh = await startDirectMesh(path.join(root, 'mesh'), secret, 3, (name) => [...o.nodeArgs, '--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${stamp}.cpuprofile`]);
   cleanups.push(() => mesh.close());
-  const request = o.profileRoute === 'post_single' ? postSingleRequest : o.profileRoute === 'get_count' ? getCountRequest : () => postBatchRequest(o.batch);
+  const request = o.profileRoute === 'post_single' ? () => postSingleRequest() : o.profileRoute === 'get_count' ? () => getCountRequest() : () => postBatchRequest(o.batch);
   const connections = o.profileRoute === 'post_batch' ? o.batchConnections : o.connections;
   if (o.profileRoute === 'get_count') {
     const c = await CounterClient.connect(mesh.counters[0]!.address, secret);
@@ -866,9 +873,9 @@ async function compareMeshes(o: Options, root: string, secret: string, say: Say,
   cleanups.push(() => proxied.close());
   const meshes: [string, MeshHandle][] = [['direct', direct], ['proxied', proxied]];
   const routes: [string, () => autocannon.Request, number, number][] = [
-    ['post_single', postSingleRequest, o.connections, 1],
+    ['post_single', () => postSingleRequest(), o.connections, 1],
     ['post_batch', () => postBatchRequest(o.batch), o.batchConnections, o.batch],
-    ['get_count', getCountRequest, o.connections, 1],
+    ['get_count', () => getCountRequest(), o.connections, 1],
   ];
   const lines: string[] = [];
   for (const [route, request, connections, perReq] of routes) {

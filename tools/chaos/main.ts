@@ -5,6 +5,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { chaos, type ChaosOptions, type ChaosReport } from './run.ts';
+import { parseLevel } from '../../src/shared/levels.ts';
 
 export const CHAOS_HELP = `Usage: npm run chaos -- [options]
 
@@ -21,6 +22,11 @@ Options:
   --rate N|max     items per second over all clients (default 200); max = as fast as they go
   --clients N      concurrent writers (default 8)
   --tenants N      tenants the items are spread over (default 5)
+  --w LEVEL        w of every write: one, quorum, all or a number (default one)
+  --r LEVEL        r of every read of the stale-read check (default one). With w + r > counters a
+                   read lower than the items acknowledged before it began fails the run; otherwise
+                   such stale reads are only reported
+  --readers N      readers of the stale-read check, through two coordinators (default 2; 0: none)
   --env KEY=VALUE  extra setting for every process of the mesh (repeatable), e.g. --env COMPACT_BYTES=65536
   --no-resend      do not resend items with an unknown outcome after the heal (checks become bounds)
   --json           print the report as JSON instead of a table
@@ -36,7 +42,7 @@ interface Parsed {
 }
 
 export function parseChaosArgs(argv: readonly string[]): Parsed {
-  const options: Parsed['options'] = { counters: 3, durationS: 60, seed: 1, rate: 200, clients: 8, tenants: 5, resend: true };
+  const options: Parsed['options'] = { counters: 3, durationS: 60, seed: 1, rate: 200, clients: 8, tenants: 5, resend: true, w: 'one', r: 'one', readers: 2 };
   let json = false;
   let help = false;
   for (let i = 0; i < argv.length; i++) {
@@ -91,6 +97,17 @@ export function parseChaosArgs(argv: readonly string[]): Parsed {
         options.env = { ...options.env, [raw.slice(0, at)]: raw.slice(at + 1) };
         break;
       }
+      case '--w':
+      case '--r': {
+        const raw = value();
+        if (parseLevel(raw) === null) throw new UsageError(`${name} ${raw}: expected one, quorum, all or a whole number`);
+        if (name === '--w') options.w = raw;
+        else options.r = raw;
+        break;
+      }
+      case '--readers':
+        options.readers = whole(0, 100);
+        break;
       case '--no-resend':
         options.resend = false;
         break;
@@ -118,7 +135,7 @@ export function formatReport(r: ChaosReport): string {
   const lines: string[] = [];
   const w = r.writes;
   const env = Object.entries(o.env).map(([k, v]) => `${k}=${v}`).join(' ');
-  lines.push(`chaos — seed ${o.seed}, ${o.counters} counters, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants${env ? `, env ${env}` : ''}`);
+  lines.push(`chaos — seed ${o.seed}, ${o.counters} counters, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants, w=${o.w} r=${o.r}, ${o.readers} readers${env ? `, env ${env}` : ''}`);
   lines.push('');
   lines.push('What is checked:');
   for (const c of r.checks) lines.push(`  - ${c}`);
@@ -144,6 +161,9 @@ export function formatReport(r: ChaosReport): string {
     ['PHANTOM items (counted, never sent)', r.phantom],
     ['counters disagreeing after convergence', r.disagreeingCounters],
     ['heal → convergence', r.convergenceMs === null ? 'never (deadline passed)' : `${r.convergenceMs} ms (resend took ${r.resendMs} ms)`],
+    ['reads during the writes', o.readers === 0 ? 'none (--readers 0)' : `${r.reads.requests}: answered ${r.reads.answered}, rejected ${Object.entries(r.reads.rejectedByStatus).map(([s, n]) => `${s}: ${n}`).join(', ') || 0}, transport errors ${r.reads.failed}`],
+    [`STALE reads (below acknowledged${r.reads.strict ? '' : '; reported only'})`, r.reads.stale],
+    ['reads above the items sent', r.reads.aboveSent],
     ['unexpected process exits', r.unexpectedExits.reduce((s, u) => s + u.exits, 0)],
     [
       'faults injected',
@@ -162,11 +182,12 @@ export function formatReport(r: ChaosReport): string {
   for (const t of r.tenants) {
     lines.push(`  ${pad(t.tenant, 12)}${pad(t.sent, 8, true)}${pad(t.acked, 8, true)}${pad(t.unknown, 9, true)}${t.counted.map((v) => pad(v ?? '-', 8, true)).join('')}${pad(t.lost, 7, true)}${pad(t.phantom, 9, true)}`);
   }
+  for (const e of r.reads.examples) lines.push(`stale read: ${e}`);
   for (const n of r.notes) lines.push(`note: ${n}`);
   for (const u of r.unexpectedExits) lines.push(`\n${u.process} output before its unexpected exit:\n${u.tail}`);
   lines.push('');
   if (r.interrupted) lines.push('INTERRUPTED: no verdict');
-  else if (r.ok) lines.push('PASS: no acknowledged item lost, no phantom, all counters agree');
+  else if (r.ok) lines.push(`PASS: no acknowledged item lost, no phantom, all counters agree${r.reads.strict && o.readers > 0 ? ', no stale read' : ''}`);
   else {
     lines.push('FAIL:');
     for (const v of r.violations) lines.push(`  - ${v}`);

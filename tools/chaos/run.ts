@@ -3,9 +3,11 @@
  * a seeded fault schedule (see schedule.ts), then heal, optional resend of unknown outcomes,
  * convergence, and the checks. `main.ts` parses flags and prints; tests call {@link chaos} directly.
  */
+import { setMaxListeners } from 'node:events';
 import { Mesh, type CounterNode } from '../../test/support/mesh.ts';
 import { mulberry32, streamSeed } from '../../test/support/prng.ts';
 import { FAULT_KINDS, describeFault, planFaults, type Fault, type FaultKind, type NetworkFault, type ProcessFault } from './schedule.ts';
+import { levelSize, parseLevel } from '../../src/shared/levels.ts';
 
 export interface ChaosOptions {
   counters: number;
@@ -30,6 +32,29 @@ export interface ChaosOptions {
   log?: (line: string) => void;
   /** Extra environment for every process of the mesh, e.g. COMPACT_BYTES to force compactions. */
   env?: Record<string, string>;
+  /** `w` of every write (one, quorum, all or a number). Default one. */
+  w?: string;
+  /** `r` of every read of the stale-read check. Default one. */
+  r?: string;
+  /** Concurrent readers of the stale-read check, alternating between two coordinators. Default 2; 0: no reads, one coordinator. */
+  readers?: number;
+}
+
+export interface ReadResult {
+  /** Reads made during the write phase (each of one tenant's count, through either coordinator). */
+  requests: number;
+  answered: number;
+  rejectedByStatus: Record<string, number>;
+  /** Transport errors and client timeouts. */
+  failed: number;
+  /** Answers lower than the items of that tenant acknowledged before the read began. */
+  stale: number;
+  /** Answers higher than the items of that tenant sent before the read was answered: never possible. */
+  aboveSent: number;
+  /** w + r > counters: a stale read is a violation (otherwise it is reported only). */
+  strict: boolean;
+  /** A few stale reads, for the report. */
+  examples: string[];
 }
 
 export interface TenantResult {
@@ -59,7 +84,9 @@ export interface InjectedFault {
 }
 
 export interface ChaosReport {
-  options: { counters: number; durationS: number; seed: number; rate: number | 'max'; clients: number; tenants: number; resend: boolean; requestTimeoutMs: number; env: Record<string, string> };
+  options: { counters: number; durationS: number; seed: number; rate: number | 'max'; clients: number; tenants: number; resend: boolean; requestTimeoutMs: number; env: Record<string, string>; w: string; r: string; readers: number };
+  /** The stale-read check. */
+  reads: ReadResult;
   /** What is checked, in words. */
   checks: string[];
   /** The planned schedule (a function of seed, counters and duration). */
@@ -150,7 +177,10 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 export const tenantName = (i: number) => `tenant-${i}`;
 
-export function checksText(resend: boolean): string[] {
+export function checksText(resend: boolean, reads?: { w: string; r: string; readers: number; strict: boolean }): string[] {
+  const readChecks = !reads || reads.readers === 0 ? [] : [
+    `${reads.readers} readers read tenants' counts (r=${reads.r}) through two coordinators during the writes (w=${reads.w}); each answer is compared with the items of that tenant acknowledged before the read began: a lower answer is a stale read, ${reads.strict ? 'a violation here (w + r > counters)' : 'reported only (w + r ≤ counters promises no such thing)'}; an answer above the items sent is always a violation.`,
+  ];
   return [
     'Every item has a unique id and is sent once by one client; for each item the first outcome is recorded: acknowledged (2xx), rejected (non-2xx) or timed out / transport error.',
     resend
@@ -158,6 +188,7 @@ export function checksText(resend: boolean): string[] {
       : 'Items whose outcome is unknown are not resent (--no-resend): they may or may not be counted.',
     'Every counter is asked directly (not through its fault proxy) for every tenant\'s count until all agree and stay agreed for 2 s.',
     `Per tenant: lost = acknowledged − counted must be 0 (exact when every item of the tenant ended acknowledged${resend ? ', which the resend ensures' : ''}; otherwise a lower bound: an unknown-outcome item that landed can mask a loss); phantom = counted − sent must be 0; every counter must count the same.`,
+    ...readChecks,
     'No counter or coordinator may exit unless the schedule killed it.',
   ];
 }
@@ -172,6 +203,13 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
   const plan = planFaults(opts.seed, opts.counters, durationMs);
   const tenants = Array.from({ length: opts.tenants }, (_, i) => tenantName(i));
   const interrupted = () => opts.signal?.aborted === true;
+  const w = opts.w ?? 'one';
+  const r = opts.r ?? 'one';
+  const readers = opts.readers ?? 2;
+  const wLevel = parseLevel(w);
+  const rLevel = parseLevel(r);
+  if (wLevel === null || rLevel === null) throw new Error(`w=${w}, r=${r}: each must be one, quorum, all or a number`);
+  const strict = levelSize(wLevel, opts.counters) + levelSize(rLevel, opts.counters) > opts.counters;
 
   const violations: string[] = [];
   const notes: string[] = [];
@@ -182,8 +220,12 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
   const rejectedByStatus: Record<string, number> = {};
   let requests = 0;
 
-  log(`starting a mesh of ${opts.counters} counters and a coordinator`);
-  const mesh = await Mesh.start({ counters: opts.counters, env: opts.env });
+  log(`starting a mesh of ${opts.counters} counters and ${readers > 0 ? 'two coordinators' : 'a coordinator'}`);
+  const mesh = await Mesh.start({ counters: opts.counters, coordinators: readers > 0 ? 2 : 1, env: opts.env });
+  const reads: ReadResult = { requests: 0, answered: 0, rejectedByStatus: {}, failed: 0, stale: 0, aboveSent: 0, strict, examples: [] };
+  /** Per tenant: items sent so far (counted before the request leaves) and acknowledged so far. */
+  const sentSoFar = new Array<number>(opts.tenants).fill(0);
+  const ackedSoFar = new Array<number>(opts.tenants).fill(0);
   const killChildren = () => {
     for (const p of [...mesh.counters.map((c) => c.process), ...mesh.coordinators.map((c) => c.process)]) p.proc?.kill('SIGKILL');
   };
@@ -191,8 +233,10 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
   process.on('exit', killChildren);
   const kills = new Map<CounterNode, number>();
   try {
-    const url = mesh.url('/items');
+    const url = mesh.url(`/items?w=${encodeURIComponent(w)}`);
     const stop = new AbortController();
+    // every writer, reader and fault track sleeps on it at once
+    setMaxListeners(opts.clients + readers + 8, stop.signal);
     const onInterrupt = () => stop.abort();
     opts.signal?.addEventListener('abort', onInterrupt, { once: true });
     const t0 = Date.now();
@@ -232,12 +276,44 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
         const batch: ItemRecord[] = [];
         for (let i = 0; i < size; i++) batch.push({ id: `${opts.seed}-${client}-${n++}`, tenant: Math.floor(rng() * opts.tenants), outcome: 'failed', ackedOnResend: false });
         const items = batch.map((r) => ({ id: r.id, tenant: tenants[r.tenant]! }));
+        for (const it of batch) sentSoFar[it.tenant]!++;
         const { outcome, status } = await post(size === 1 && rng() < 0.5 ? items[0] : items);
         if (status !== undefined) rejectedByStatus[status] = (rejectedByStatus[status] ?? 0) + 1;
+        if (outcome === 'acked') for (const it of batch) ackedSoFar[it.tenant]!++;
         for (const r of batch) {
           r.outcome = outcome;
           records.push(r);
         }
+      }
+    };
+
+    // ---- readers: is any answer lower than what was acknowledged before it was asked? -----------
+    const reader = async (n: number) => {
+      const rng = mulberry32(streamSeed(opts.seed, `reader-${n}`));
+      let k = 0;
+      while (!stop.signal.aborted) {
+        const t = Math.floor(rng() * opts.tenants);
+        const coordinator = (n + k++) % 2;
+        const before = ackedSoFar[t]!;
+        reads.requests++;
+        try {
+          const res = await fetch(mesh.url(`/items/${tenants[t]}/count?r=${encodeURIComponent(r)}`, coordinator), { signal: AbortSignal.timeout(requestTimeoutMs) });
+          const body = (await res.json()) as { count?: number };
+          if (res.ok && typeof body.count === 'number') {
+            reads.answered++;
+            if (body.count < before) {
+              reads.stale++;
+              if (reads.examples.length < 5) reads.examples.push(`${sec()} ${tenants[t]} through coordinator ${coordinator}: ${body.count} < ${before} acknowledged before the read`);
+            }
+            if (body.count > sentSoFar[t]!) reads.aboveSent++;
+          } else {
+            reads.rejectedByStatus[res.status] = (reads.rejectedByStatus[res.status] ?? 0) + 1;
+          }
+        } catch {
+          reads.failed++;
+        }
+        // a reader is a probe, not load: a few dozen reads a second
+        if (!(await sleep(20, stop.signal))) break;
       }
     };
 
@@ -288,6 +364,7 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
     log(`writing for ${opts.durationS} s with ${opts.clients} clients at ${opts.rate === 'max' ? 'max rate' : `${opts.rate} items/s`}; ${plan.length} faults planned`);
     await Promise.all([
       ...Array.from({ length: opts.clients }, (_, i) => writer(i)),
+      ...Array.from({ length: readers }, (_, i) => reader(i)),
       processTrack(plan.filter((f): f is ProcessFault => f.track === 'process')),
       networkTrack(plan.filter((f): f is NetworkFault => f.track === 'network')),
     ]);
@@ -391,6 +468,8 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
         violations.push(`${c.id} disagrees after ${convergenceDeadlineMs / 1000} s: ${differ.map((r) => `${r.tenant} ${r.counted[i] ?? 'no answer'} (others up to ${reference[tenants.indexOf(r.tenant)]})`).join(', ')}`);
       }
     }
+    if (!interrupted() && strict && reads.stale > 0) violations.push(`${reads.stale} stale read(s) with w=${w} and r=${r} (w + r > ${opts.counters} counters): ${reads.examples.join('; ')}`);
+    if (!interrupted() && reads.aboveSent > 0) violations.push(`${reads.aboveSent} read(s) counted more items than were sent`);
     const internal = Object.entries(rejectedByStatus).filter(([s]) => Number(s) >= 500 && s !== '503');
     if (internal.length > 0) notes.push(`unexpected server errors from the coordinator: ${internal.map(([s, n]) => `${n}× ${s}`).join(', ')}`);
 
@@ -399,8 +478,9 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
     const partitions = faultCounts['partition-reset'] + faultCounts['partition-blackhole'] + faultCounts['split-brain'];
     const isolations = faultCounts['isolate-reset'] + faultCounts['isolate-blackhole'] + faultCounts['split-brain'];
     return {
-      options: { counters: opts.counters, durationS: opts.durationS, seed: opts.seed, rate: opts.rate, clients: opts.clients, tenants: opts.tenants, resend, requestTimeoutMs, env: opts.env ?? {} },
-      checks: checksText(resend),
+      options: { counters: opts.counters, durationS: opts.durationS, seed: opts.seed, rate: opts.rate, clients: opts.clients, tenants: opts.tenants, resend, requestTimeoutMs, env: opts.env ?? {}, w, r, readers },
+      checks: checksText(resend, { w, r, readers, strict }),
+      reads,
       schedule: plan.map((f) => ({ ...f, description: describeFault(f) })),
       injected,
       faults: { ...faultCounts, killedCounters, partitions, isolations, total: injected.length },

@@ -107,6 +107,19 @@ export class LogStore {
   }
 
   /**
+   * Resolves once everything appended so far is on disk (fdatasync'ed). For an acknowledgment of
+   * items that were already held: they may have come from a peer and been written without a sync.
+   */
+  sync(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('could not sync: storage is closed'));
+    if (!this.unsynced && !this.loopRunning) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ frame: EMPTY, durable: true, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /**
    * The compaction policy, and its only owner: true once the logs hold more record bytes than
    * both `compactBytes` and the state in the current snapshot. The store owns it because both
    * sizes are of files only it writes; the counter only decides when to ask (after each append)

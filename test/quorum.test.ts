@@ -1,0 +1,434 @@
+/**
+ * Consistency levels without sockets: level parsing, the write fan-out, quorum reads with their
+ * reconciliation and read repair (fake replicas holding real IdIndexes, so digests are the real
+ * ones), and the routes through `app.inject()` with a fake pool: 400s for bad levels, 503
+ * NOT_ENOUGH_REPLICAS with Retry-After, and the `one` path untouched by default.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import pino from 'pino';
+import { IdIndex } from '../src/counter/id-index.ts';
+import { CounterRejectedError, CounterUnavailableError, type Tally } from '../src/coordinator/counter-link.ts';
+import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from '../src/coordinator/quorum.ts';
+import { buildCoordinatorServer, type PoolApi } from '../src/coordinator/server.ts';
+import { ClientError } from '../src/coordinator/errors.ts';
+import { ConfigError, coordinatorConfig, type Env } from '../src/shared/config.ts';
+import { levelSize, parseLevel } from '../src/shared/levels.ts';
+import { mulberry32, pick, sample } from './support/prng.ts';
+
+const SEED = Number(process.env.SEED ?? Date.now() % 100_000);
+import { MAX_TALLY_PEERS, MessageType, ProtocolError, readMessage, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
+
+/** A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until released. */
+class FakeReplica implements Replica {
+  index = new IdIndex();
+  usable = true;
+  down = false;
+  rejecting = false;
+  /** Peers it can pull from (by id); a pull from anyone else fails like a cut link. */
+  links = new Map<string, FakeReplica>();
+  readonly calls: string[] = [];
+  /** The pairs held, in order: what a pull copies. */
+  readonly pairs: Item[] = [];
+  private held: (() => void)[] | null = null;
+
+  constructor(readonly id: string) {}
+
+  hold(): void {
+    this.held = [];
+  }
+  release(): void {
+    const h = this.held ?? [];
+    this.held = null;
+    for (const f of h) f();
+  }
+
+  async add(items: readonly Item[]): Promise<number> {
+    this.calls.push(`add ${items.length}`);
+    if (this.held) await new Promise<void>((r) => this.held!.push(r));
+    if (this.down) throw new CounterUnavailableError(`counter ${this.id} is not connected`);
+    if (this.rejecting) throw new CounterRejectedError('item 0 is not valid');
+    this.store(items);
+    return items.length;
+  }
+
+  async tally(tenant: string, pullFrom: readonly string[] = []): Promise<Tally> {
+    this.calls.push(pullFrom.length ? `pull ${pullFrom.join(',')}` : 'tally');
+    if (this.down) throw new CounterUnavailableError(`counter ${this.id} is not connected`);
+    for (const id of pullFrom) {
+      const peer = this.links.get(id);
+      if (!peer || peer.down) throw new CounterUnavailableError(`counter ${this.id}: no open link to peer ${id}`);
+      peer.copyTo(this);
+    }
+    return { count: this.index.count(tenant), digest: this.index.digest(tenant) };
+  }
+
+  /** Every pair this replica holds, added to `other` (a full sync, as a pull does). */
+  copyTo(other: FakeReplica): void {
+    other.store(this.pairs);
+  }
+  store(items: readonly Item[]): void {
+    for (const it of items) {
+      if (this.index.add(it.tenant, it.id)) this.pairs.push(it);
+    }
+  }
+}
+
+/** `n` replicas, each linked to every other. */
+function replicas(n: number): FakeReplica[] {
+  const rs = Array.from({ length: n }, (_, i) => new FakeReplica(`c${i}`));
+  for (const r of rs) for (const o of rs) if (o !== r) r.links.set(o.id, o);
+  return rs;
+}
+
+const items = (tenant: string, ...ids: string[]): Item[] => ids.map((id) => ({ tenant, id }));
+
+async function rejection(p: Promise<unknown>): Promise<Error> {
+  try {
+    await p;
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('expected a rejection');
+}
+
+// ---------------------------------------------------------------- levels
+
+test('levels: syntax and sizes (quorum is a majority of every member)', () => {
+  assert.is(parseLevel('one'), 'one');
+  assert.is(parseLevel('quorum'), 'quorum');
+  assert.is(parseLevel('all'), 'all');
+  assert.is(parseLevel('2'), 2);
+  for (const bad of ['', '0', '-1', '01', '1.5', 'ONE', 'majority', ' 2', '1e3', '1001']) assert.is(parseLevel(bad), null, bad);
+  assert.equal([1, 2, 3, 4, 5].map((n) => levelSize('quorum', n)), [1, 2, 2, 3, 3]);
+  assert.is(levelSize('all', 5), 5);
+  assert.is(levelSize('one', 5), 1);
+  assert.is(levelSize(2, 5), 2);
+});
+
+test('requestedReplicas: the default when absent, a 400 naming the allowed values otherwise', () => {
+  assert.is(requestedReplicas(undefined, 'w', 'quorum', 3), 2);
+  assert.is(requestedReplicas('all', 'w', 'one', 3), 3);
+  assert.is(requestedReplicas('3', 'r', 'one', 3), 3);
+  // a configured default above the replica count is no client error: NOT_ENOUGH_REPLICAS follows
+  assert.is(requestedReplicas(undefined, 'w', 5, 3), 5);
+  for (const bad of ['4', '0', 'two', '', 'QUORUM']) {
+    const err = (() => {
+      try {
+        requestedReplicas(bad, 'w', 'one', 3);
+      } catch (e) {
+        return e as ClientError;
+      }
+      throw new Error(`w=${bad} accepted`);
+    })();
+    assert.instance(err, ClientError);
+    assert.is(err.statusCode, 400);
+    assert.match(err.message, 'use one, quorum, all or a number from 1 to 3');
+  }
+  assert.throws(() => requestedReplicas(['1', '2'], 'r', 'one', 3), /given more than once/);
+});
+
+test('config: WRITE_QUORUM and READ_QUORUM default to one and refuse anything else than a level', () => {
+  const c = coordinatorConfig({});
+  assert.is(c.writeQuorum, 'one');
+  assert.is(c.readQuorum, 'one');
+  assert.is(coordinatorConfig({ WRITE_QUORUM: 'quorum', READ_QUORUM: '2' }).readQuorum, 2);
+  assert.throws(() => coordinatorConfig({ WRITE_QUORUM: 'most' }), (e: Error) => e instanceof ConfigError && /WRITE_QUORUM="most" is not valid: use one, quorum, all/.test(e.message));
+  assert.throws(() => coordinatorConfig({ READ_QUORUM: '0' }), /READ_QUORUM="0" is not valid/);
+});
+
+test('protocol: tally and tallied round-trip; too many peers and trailing bytes are protocol errors', () => {
+  assert.equal(readMessage(writeTally(7, 'acme', ['c1', 'c2'])), { type: MessageType.Tally, reqId: 7, tenant: 'acme', pullFrom: ['c1', 'c2'] });
+  assert.equal(readMessage(writeTally(8, 'acme')), { type: MessageType.Tally, reqId: 8, tenant: 'acme', pullFrom: [] });
+  const digest = 2 ** 53 - 1;
+  assert.equal(readMessage(writeTallied(9, 123456, digest)), { type: MessageType.Tallied, reqId: 9, count: 123456, digest });
+  const many = Array.from({ length: MAX_TALLY_PEERS + 1 }, (_, i) => `c${i}`);
+  assert.throws(() => readMessage(writeTally(1, 't', many)), (e: Error) => e instanceof ProtocolError && /names 65 peers/.test(e.message));
+  const frame = writeTallied(1, 2, 3);
+  assert.throws(() => readMessage(Uint8Array.from([...frame, 0])), /trailing bytes/);
+});
+
+test('digest: the same ids in any order and any tenant numbering give the same digest; one id more or less changes it', () => {
+  const a = new IdIndex();
+  const b = new IdIndex();
+  b.add('other-tenant-first', 'z'); // b numbers "t" differently from a
+  const ids = Array.from({ length: 500 }, (_, i) => `id-${i}`);
+  for (const id of ids) a.add('t', id);
+  for (const id of [...ids].reverse()) b.add('t', id);
+  assert.is(a.digest('t'), b.digest('t'));
+  assert.ok(a.digest('t') < 2 ** 53);
+  b.add('t', 'one-more');
+  assert.is.not(a.digest('t'), b.digest('t'));
+  // same count, one id swapped for another
+  const c = new IdIndex();
+  for (const id of ids.slice(1)) c.add('t', id);
+  c.add('t', 'swapped');
+  assert.is(c.count('t'), a.count('t'));
+  assert.is.not(c.digest('t'), a.digest('t'));
+  assert.is(new IdIndex().digest('nobody'), 0);
+});
+
+// ---------------------------------------------------------------- writes
+
+test('writeQuorum: sent to w replicas at once, in placement order; resolves only after w acknowledgments', async () => {
+  const rs = replicas(3);
+  rs[0]!.hold();
+  rs[1]!.hold();
+  let done = false;
+  const p = writeQuorum(rs, items('t', 'a'), 2).then(() => (done = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(rs.map((r) => r.calls.length), [1, 1, 0], 'the first two replicas got the add at once, the third nothing');
+  rs[0]!.release();
+  await new Promise((r) => setImmediate(r));
+  assert.is(done, false, 'one acknowledgment of two is not enough');
+  rs[1]!.release();
+  await p;
+  assert.ok(done);
+});
+
+test('writeQuorum: a replica that fails is replaced by the next in order; too few: NOT_ENOUGH_REPLICAS with both numbers', async () => {
+  const rs = replicas(3);
+  rs[0]!.down = true;
+  await writeQuorum(rs, items('t', 'a'), 2);
+  assert.equal(rs.map((r) => r.index.count('t')), [0, 1, 1]);
+
+  rs[1]!.down = true;
+  const err = await rejection(writeQuorum(rs, items('t', 'b'), 2));
+  assert.instance(err, NotEnoughReplicasError);
+  assert.is((err as NotEnoughReplicasError).answered, 1);
+  assert.is((err as NotEnoughReplicasError).required, 2);
+  assert.match(err.message, 'acknowledged by 1 of the 2 replicas required');
+  assert.is(rs[2]!.index.count('t'), 2, 'what was stored stays stored');
+});
+
+test('writeQuorum: fewer usable replicas than w fails at once and sends nothing', async () => {
+  const rs = replicas(3);
+  rs[1]!.usable = false;
+  rs[2]!.usable = false;
+  const err = await rejection(writeQuorum(rs, items('t', 'a'), 2));
+  assert.instance(err, NotEnoughReplicasError);
+  assert.match(err.message, 'only 1 of the 3 counters holding the tenant are reachable and ready');
+  assert.equal(rs.map((r) => r.calls.length), [0, 0, 0]);
+});
+
+test('writeQuorum: a counter refusing the items is a client error, not a failover', async () => {
+  const rs = replicas(3);
+  rs[0]!.rejecting = true;
+  assert.instance(await rejection(writeQuorum(rs, items('t', 'a'), 2)), CounterRejectedError);
+});
+
+// ---------------------------------------------------------------- reads
+
+test('readQuorum: replicas that agree answer at once; a down replica is replaced by the next', async () => {
+  const rs = replicas(3);
+  await writeQuorum(rs, items('t', 'a', 'b'), 3);
+  assert.is(await readQuorum(rs, 't', 2), 2);
+  assert.equal(rs.map((r) => r.calls.filter((c) => c === 'tally').length), [1, 1, 0]);
+  rs[0]!.down = true;
+  assert.is(await readQuorum(rs, 't', 2), 2);
+  rs[1]!.down = true;
+  const err = await rejection(readQuorum(rs, 't', 2));
+  assert.instance(err, NotEnoughReplicasError);
+  assert.match(err.message, 'answered by 1 of the 2 replicas required');
+});
+
+test('readQuorum: equal counts over different items are reconciled (x on c0+c1, y on c1+c2, read c0+c2)', async () => {
+  const rs = replicas(3);
+  const [c0, c1, c2] = rs as [FakeReplica, FakeReplica, FakeReplica];
+  await writeQuorum([c0, c1], items('t', 'x'), 2);
+  await writeQuorum([c1, c2], items('t', 'y'), 2);
+  c1.down = true;
+  assert.equal([c0.index.count('t'), c2.index.count('t')], [1, 1], 'the two replicas read hold one item each');
+  assert.is(await readQuorum(rs, 't', 2), 2, 'both acknowledged items counted');
+  assert.ok(c0.calls.includes('pull c2'), 'the replica ahead (first on a tie) pulled from the other');
+  await new Promise((r) => setImmediate(r));
+  assert.ok(c2.calls.includes('pull c0'), 'the other was repaired from it');
+  assert.is(c2.index.count('t'), 2, 'read repair brought the replica behind up to date');
+});
+
+test('readQuorum: the replica behind is repaired at once; the answer is the largest count', async () => {
+  const rs = replicas(3);
+  await writeQuorum(rs, items('t', 'a', 'b', 'c'), 3);
+  await writeQuorum(rs.slice(1), items('t', 'd'), 2);
+  assert.is(await readQuorum(rs, 't', 2), 4);
+  assert.ok(rs[1]!.calls.includes('pull c0'), 'the one ahead confirmed it holds what the other has');
+  await new Promise((r) => setImmediate(r));
+  assert.is(rs[0]!.index.count('t'), 4, 'c0 caught up from c1');
+});
+
+test('readQuorum: replicas that disagree and cannot sync give NOT_ENOUGH_REPLICAS, never a low count', async () => {
+  const rs = replicas(3);
+  const [c0, c1, c2] = rs as [FakeReplica, FakeReplica, FakeReplica];
+  await writeQuorum([c0, c1], items('t', 'x'), 2);
+  await writeQuorum([c1, c2], items('t', 'y'), 2);
+  c1.down = true;
+  c0.links.clear();
+  c2.links.clear();
+  const err = await rejection(readQuorum(rs, 't', 2));
+  assert.instance(err, NotEnoughReplicasError);
+  assert.match(err.message, 'could not be reconciled');
+});
+
+test(`seeded: w=quorum + r=quorum reads never fall below what was acknowledged, whatever fails (SEED=${SEED} replays)`, async () => {
+  const rng = mulberry32(SEED);
+  const rs = replicas(5);
+  const cut = (a: FakeReplica, b: FakeReplica) => {
+    a.links.delete(b.id);
+    b.links.delete(a.id);
+  };
+  const link = (a: FakeReplica, b: FakeReplica) => {
+    a.links.set(b.id, b);
+    b.links.set(a.id, a);
+  };
+  // two coordinators with their own placement orders
+  const orders = [rs, [rs[3]!, rs[1]!, rs[4]!, rs[0]!, rs[2]!]];
+  const q = levelSize('quorum', rs.length);
+  let sent = 0;
+  let acked = 0;
+  let reads = 0;
+  let repaired = 0;
+  for (let step = 0; step < 3000; step++) {
+    const x = rng();
+    if (x < 0.35) {
+      sent++;
+      try {
+        await writeQuorum(pick(rng, orders), items('t', `i${step}`), q);
+        acked++;
+      } catch (err) {
+        assert.instance(err, NotEnoughReplicasError, `step ${step}`);
+      }
+    } else if (x < 0.5) {
+      // gossip: part of what one replica holds reaches another it is linked to
+      const [a, b] = sample(rng, rs.length, 2).map((i) => rs[i]!) as [FakeReplica, FakeReplica];
+      if (a.links.has(b.id) && !a.down && !b.down) {
+        b.store(a.pairs.filter(() => rng() < 0.5));
+      }
+    } else if (x < 0.6) {
+      const r = pick(rng, rs);
+      r.down = !r.down;
+      r.usable = !r.down;
+    } else if (x < 0.7) {
+      const [a, b] = sample(rng, rs.length, 2).map((i) => rs[i]!) as [FakeReplica, FakeReplica];
+      if (a.links.has(b.id)) cut(a, b);
+      else link(a, b);
+    } else {
+      const before = acked;
+      const calls = rs.reduce((n, r) => n + r.calls.filter((c) => c.startsWith('pull')).length, 0);
+      try {
+        const n = await readQuorum(pick(rng, orders), 't', q);
+        reads++;
+        assert.ok(n >= before, `step ${step}: read ${n} < ${before} acknowledged (SEED=${SEED})`);
+        assert.ok(n <= sent, `step ${step}: read ${n} > ${sent} sent (SEED=${SEED})`);
+      } catch (err) {
+        assert.instance(err, NotEnoughReplicasError, `step ${step}`);
+      }
+      await new Promise((r) => setImmediate(r));
+      if (rs.reduce((n, r) => n + r.calls.filter((c) => c.startsWith('pull')).length, 0) > calls) repaired++;
+    }
+  }
+  assert.ok(acked > 100 && reads > 100, `the run did something: ${acked} writes acknowledged, ${reads} reads answered`);
+  assert.ok(repaired > 10, `replicas disagreed and were reconciled (${repaired} reads)`);
+});
+
+// ---------------------------------------------------------------- routes
+
+class QuorumPool implements PoolApi {
+  readonly rs = replicas(3);
+  onePathAdds = 0;
+  onePathCounts = 0;
+  anyUsable = true;
+  view() {
+    return [];
+  }
+  async add(its: readonly Item[]): Promise<void> {
+    this.onePathAdds++;
+    await this.rs[0]!.add(its);
+  }
+  async count(tenant: string): Promise<number> {
+    this.onePathCounts++;
+    return this.rs[0]!.index.count(tenant);
+  }
+  replicas() {
+    return this.rs;
+  }
+}
+
+const silent = pino({ level: 'silent' });
+function build(env: Env = {}) {
+  const pool = new QuorumPool();
+  const app = buildCoordinatorServer(coordinatorConfig({ LOG_LEVEL: 'silent', ...env }), pool, silent);
+  return { app, pool };
+}
+const post = (url: string, body: unknown) => ({ method: 'POST' as const, url, headers: { 'content-type': 'application/json' }, payload: JSON.stringify(body) });
+
+test('routes: without w and r the one path serves, exactly as before', async () => {
+  const { app, pool } = build();
+  assert.is((await app.inject(post('/items', { id: 'a', tenant: 't' }))).statusCode, 200);
+  assert.is((await app.inject('/items/t/count')).json().count, 1);
+  assert.equal([pool.onePathAdds, pool.onePathCounts], [1, 1]);
+  assert.equal(pool.rs.map((r) => r.calls.length), [1, 0, 0]);
+  // w=one and w=1 are the same path
+  await app.inject(post('/items?w=one', { id: 'b', tenant: 't' }));
+  await app.inject(post('/items?w=1', { id: 'c', tenant: 't' }));
+  assert.is(pool.onePathAdds, 3);
+  await app.close();
+});
+
+test('routes: w=quorum stores on two replicas, r=all reads three; defaults come from WRITE_QUORUM and READ_QUORUM', async () => {
+  const { app, pool } = build();
+  const res = await app.inject(post('/items?w=quorum', [{ id: 'a', tenant: 't' }, { id: 'b', tenant: 't' }]));
+  assert.is(res.statusCode, 200);
+  assert.equal(res.json(), { accepted: 2 });
+  assert.equal(pool.rs.map((r) => r.index.count('t')), [2, 2, 0]);
+  assert.is((await app.inject('/items/t/count?r=all')).json().count, 2);
+  assert.is(pool.onePathAdds + pool.onePathCounts, 0);
+  await app.close();
+
+  const b = build({ WRITE_QUORUM: 'all', READ_QUORUM: 'quorum' });
+  assert.is((await b.app.inject(post('/items', { id: 'a', tenant: 't' }))).statusCode, 200);
+  assert.equal(b.pool.rs.map((r) => r.index.count('t')), [1, 1, 1]);
+  assert.is((await b.app.inject('/items/t/count')).json().count, 1);
+  assert.is(b.pool.onePathAdds + b.pool.onePathCounts, 0);
+  // a request may still ask for one
+  await b.app.inject(post('/items?w=one', { id: 'z', tenant: 't' }));
+  assert.is(b.pool.onePathAdds, 1);
+  await b.app.close();
+});
+
+test('routes: bad w and r are 400 INVALID_REQUEST naming the allowed values, and change nothing', async () => {
+  const { app, pool } = build();
+  for (const q of ['w=0', 'w=4', 'w=two', 'w=', 'w=QUORUM', 'w=1&w=2']) {
+    const res = await app.inject(post(`/items?${q}`, { id: 'a', tenant: 't' }));
+    assert.is(res.statusCode, 400, q);
+    assert.is(res.json().code, 'INVALID_REQUEST', q);
+    assert.match(res.json().message, /query parameter w .* is not valid: use one, quorum, all or a number from 1 to 3/, q);
+  }
+  for (const q of ['r=5', 'r=-1', 'r=most']) {
+    const res = await app.inject(`/items/t/count?${q}`);
+    assert.is(res.statusCode, 400, q);
+    assert.match(res.json().message, /query parameter r .* is not valid: use one, quorum, all or a number from 1 to 3/, q);
+  }
+  assert.equal(pool.rs.map((r) => r.calls.length), [0, 0, 0], 'no replica was asked anything');
+  assert.is(pool.onePathAdds + pool.onePathCounts, 0);
+  await app.close();
+});
+
+test('routes: too few replicas up is 503 NOT_ENOUGH_REPLICAS with Retry-After and both numbers', async () => {
+  const { app, pool } = build();
+  pool.rs[1]!.down = true;
+  pool.rs[2]!.down = true;
+  const res = await app.inject(post('/items?w=2', { id: 'a', tenant: 't' }));
+  assert.is(res.statusCode, 503);
+  assert.is(res.headers['retry-after'], '1');
+  assert.is(res.json().code, 'NOT_ENOUGH_REPLICAS');
+  assert.match(res.json().message, 'acknowledged by 1 of the 2 replicas required');
+  assert.match(res.json().message, 'resending the same items is safe');
+  const read = await app.inject('/items/t/count?r=quorum');
+  assert.is(read.statusCode, 503);
+  assert.is(read.headers['retry-after'], '1');
+  assert.is(read.json().code, 'NOT_ENOUGH_REPLICAS');
+  assert.match(read.json().message, 'answered by 1 of the 2 replicas required');
+  await app.close();
+});
+
+test.run();
