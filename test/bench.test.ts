@@ -14,6 +14,8 @@ const SHAPE: Record<string, string[]> = {
   post_single: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   post_batch: ['items_per_s', 'batch', 'replicated_ms'],
   get_count: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  post_single_tls: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
+  get_count_tls: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   post_single_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   get_count_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   memory: ['items', 'tenants', 'rss_bytes_per_item', 'heap_bytes_per_item'],
@@ -59,6 +61,7 @@ test('bench --smoke writes every figure as finite positive numbers', async () =>
     assert.is(figures.post_batch!.batch, 1000);
     assert.is(figures.memory!.tenants, 1000);
     assert.match(output, /post_single\.ratio/, 'the table is printed');
+    assert.match(output, /post_single_tls\.ratio/, 'with the TLS rows');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

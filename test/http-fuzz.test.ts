@@ -7,12 +7,17 @@
  * never a 5xx; the coordinator stays up; an independent oracle decides for each body-mutated POST
  * whether it is a valid request, and the answer must agree (valid → 200, invalid → 4xx); at the
  * end every tenant counts exactly the distinct items of the accepted requests.
+ * The same run goes twice: over plain HTTP, then over TLS (a mesh with TLS_CERT/TLS_KEY/TLS_CA,
+ * certificates made at test time), where the raw bytes travel inside a TLS connection.
  * SEED=<n> replays a run; the seed is printed.
  */
+import fs from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Mesh } from './support/mesh.ts';
+import { makeTestCerts, type TestCerts } from './support/certs.ts';
 import { mulberry32 } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -34,6 +39,10 @@ const chance = (p: number) => rng() < p;
 const TENANTS = ['hf-a', 'hf b/c', 'hf-ü😀', 'hf%2F', 'hf.x', 'hf?#'];
 
 let mesh: Mesh;
+const meshes: Mesh[] = [];
+let certs: TestCerts | null = null;
+/** The CA the raw sockets trust in the TLS run; null in the plain run. */
+let tlsCa: Buffer | null = null;
 /** tenant → ids the mesh must hold. */
 const model = new Map<string, Set<string>>();
 
@@ -105,7 +114,7 @@ function target(): { host: string; port: number } {
 function raw(parts: Buffer[], idleEndMs?: number): Promise<Answer> {
   const { host, port } = target();
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
+    const socket = tlsCa ? tls.connect({ host, port, ca: tlsCa }) : net.connect({ host, port });
     let text = '';
     let done = false;
     let idle: NodeJS.Timeout | undefined;
@@ -140,7 +149,7 @@ function raw(parts: Buffer[], idleEndMs?: number): Promise<Answer> {
     });
     socket.on('error', () => {});
     socket.on('close', () => finish(() => resolve(answer(true) ?? { status: null, head: text.slice(0, 300), body: '' })));
-    socket.once('connect', async () => {
+    socket.once(tlsCa ? 'secureConnect' : 'connect', async () => {
       for (const [i, p] of parts.entries()) {
         if (socket.destroyed) return;
         socket.write(p);
@@ -374,14 +383,30 @@ function randomCount(): Buffer[] {
 
 // ---------------------------------------------------------------- the run
 
-test.before(async () => {
-  mesh = await Mesh.start({ counters: 2 });
+test.before(() => {
+  certs = makeTestCerts();
 });
 test.after(async () => {
-  await mesh?.close();
+  await Promise.all(meshes.map((m) => m.close()));
+  certs?.close();
 });
 
 test(`${REQUESTS} random and mutated requests (SEED=${SEED}): never a 5xx, oracle agrees, counts exact`, async () => {
+  mesh = await Mesh.start({ counters: 2 });
+  meshes.push(mesh);
+  await fuzz();
+});
+
+test(`over TLS: ${REQUESTS} random and mutated requests (SEED=${SEED}): never a 5xx, oracle agrees, counts exact`, async () => {
+  await meshes.pop()?.close();
+  mesh = await Mesh.start({ counters: 2, tls: certs!.good });
+  meshes.push(mesh);
+  tlsCa = fs.readFileSync(certs!.good.ca);
+  model.clear();
+  await fuzz();
+});
+
+async function fuzz(): Promise<void> {
   const stats = new Map<string, number>();
   const bump = (k: string) => stats.set(k, (stats.get(k) ?? 0) + 1);
   const failures: string[] = [];
@@ -444,19 +469,19 @@ test(`${REQUESTS} random and mutated requests (SEED=${SEED}): never a 5xx, oracl
       }
     }),
   );
-  console.log(`http-fuzz: ${REQUESTS} requests in ${Date.now() - t0} ms: ${JSON.stringify(Object.fromEntries([...stats].sort()))}`);
+  console.log(`http-fuzz${tlsCa ? ' (TLS)' : ''}: ${REQUESTS} requests in ${Date.now() - t0} ms: ${JSON.stringify(Object.fromEntries([...stats].sort()))}`);
   assert.equal(failures.slice(0, 10), [], `${failures.length} failures (SEED=${SEED})`);
 
   const coordinator = mesh.coordinators[0]!.process;
   assert.ok(coordinator.running, `the coordinator is up\n${coordinator.tail()}`);
   assert.is(coordinator.exits, 0);
-  assert.is((await fetch(mesh.url('/health'))).status, 200);
+  assert.is((await mesh.call(mesh.url('/health'))).status, 200);
   assert.not.match(coordinator.output.join('\n'), /"level":50|request failed|uncaught/i, 'no errors logged by the coordinator');
 
   const expected = new Map([...model].map(([t, s]) => [t, s.size]));
   assert.ok(expected.size >= TENANTS.length, `valid writes reached every tenant (${expected.size})`);
   for (const [tenant, n] of expected) assert.is(await mesh.count(tenant), n, `count of ${JSON.stringify(tenant)} through the coordinator`);
   await mesh.waitConverged(expected);
-});
+}
 
 test.run();

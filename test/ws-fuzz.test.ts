@@ -11,9 +11,13 @@
  *
  * Mutations of Yjs updates only touch headers, lengths and the end (truncation) of updates whose
  * text holds records of fuzz tenants, so even an update that still decodes cannot add to a guard.
+ *
+ * Every test runs twice: on a plain mesh, then on a TLS mesh (wss://, certificates made at test
+ * time), where the same frames, raw bytes included, travel inside the TLS connection.
  */
 import { randomBytes } from 'node:crypto';
-import { test } from 'uvu';
+import fs from 'node:fs';
+import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
@@ -21,6 +25,7 @@ import * as encoding from 'lib0/encoding';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import { Mesh, type CounterNode } from './support/mesh.ts';
+import { makeTestCerts, type TestCerts } from './support/certs.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { encodeRecord } from '../src/counter/records.ts';
 import {
@@ -60,6 +65,8 @@ const varUint = (n: number) => {
 
 let mesh: Mesh;
 let target: CounterNode;
+/** Set for the TLS run: the CA the fuzz clients trust. */
+let tlsCa: Buffer | null = null;
 const guards = new Map<string, number>();
 
 // ---------------------------------------------------------------- material to mutate
@@ -217,7 +224,8 @@ interface Conn {
 }
 
 async function connect(): Promise<Conn> {
-  const ws = new WebSocket(`ws://${target.host}:${target.port}/mesh`, {
+  const ws = new WebSocket(`${tlsCa ? 'wss' : 'ws'}://${target.host}:${target.port}/mesh`, {
+    ...(tlsCa ? { ca: tlsCa } : {}),
     headers: { authorization: `Bearer ${mesh.secret}` },
     localAddress: CLIENT_IP,
     perMessageDeflate: false,
@@ -269,151 +277,164 @@ async function guardCounts(): Promise<void> {
 async function healthy(): Promise<void> {
   assert.ok(target.process.running, `the counter is running\n${target.process.tail()}`);
   assert.is(target.process.exits, 0, 'the counter never exited');
-  const res = await fetch(`http://${target.host}:${target.port}/health`);
+  const res = await mesh.call(`${mesh.scheme}://${target.host}:${target.port}/health`);
   assert.is(res.status, 200);
   assert.ok(await mesh.counterReady(target));
 }
 
-test.before(async () => {
-  mesh = await Mesh.start({ counters: 2, env: { MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES), BODY_LIMIT: String(MAX_MESSAGE_BYTES / 2) } });
-  target = mesh.counters[0]!;
-  for (const n of [17, 5, 40]) {
-    const tenant = `guard-${randomBytes(6).toString('hex')}`;
-    guards.set(tenant, n);
-    assert.is(await mesh.post(Array.from({ length: n }, (_, i) => ({ tenant, id: `g${i}` }))), 200);
-  }
-  await mesh.waitConverged(guards);
-});
+/** Defines every test on a plain mesh, or on a TLS mesh. */
+function defineTests(overTls: boolean): void {
+  const test = suite(overTls ? 'ws-fuzz over TLS' : 'ws-fuzz');
+  let certs: TestCerts | null = null;
 
-test.after(async () => {
-  await mesh?.close();
-});
-
-test('each kind of malformed input closes the connection with a close code and is logged once with the address', async () => {
-  const cases: { kind: string; pre: 'none' | 'peer' | 'coordinator'; f: Fuzz }[] = [
-    { kind: 'garbage before hello', pre: 'none', f: { kind: 'garbage', data: Uint8Array.of(0xde, 0xad, 0xbe, 0xef) } },
-    { kind: 'unknown type', pre: 'coordinator', f: { kind: 'unknown type', data: Uint8Array.of(0x7f) } },
-    { kind: 'truncated hello', pre: 'none', f: { kind: 'truncated', data: writeHello({ role: 'peer', nodeId: 'x', address: 'y' }).subarray(0, 4) } },
-    { kind: 'truncated add', pre: 'coordinator', f: { kind: 'truncated', data: writeAdd(1, [{ tenant: 'wsfz', id: 'abc' }]).subarray(0, 6) } },
-    { kind: 'malformed sync', pre: 'peer', f: { kind: 'sync', data: concat(varUint(MessageType.Sync), varUint(9)) } },
-    { kind: 'malformed update', pre: 'peer', f: { kind: 'update', data: writeSync((e) => syncProtocol.writeUpdate(e, Uint8Array.of(1, 1, 0xff))) } },
-    { kind: 'malformed awareness', pre: 'peer', f: { kind: 'awareness', data: writeAwareness(truncated(awarenessUpdate)) } },
-    { kind: 'text frame', pre: 'coordinator', f: { kind: 'text', data: 'hello' } },
-    { kind: 'invalid UTF-8 text frame', pre: 'none', f: { kind: 'text', data: Uint8Array.of(0xc3, 0x28), text: true } },
-    { kind: 'frame over MAX_MESSAGE_BYTES', pre: 'peer', f: { kind: 'big', data: new Uint8Array(MAX_MESSAGE_BYTES + 1) } },
-    { kind: 'reserved opcode', pre: 'coordinator', f: { kind: 'raw', data: Uint8Array.of(0x83, 0x80, 1, 2, 3, 4), raw: true } },
-    { kind: 'unmasked client frame', pre: 'none', f: { kind: 'raw', data: Uint8Array.of(0x82, 0x01, 0x7f), raw: true } },
-    { kind: 'RSV bits set', pre: 'peer', f: { kind: 'raw', data: Uint8Array.of(0xf2, 0x81, 1, 2, 3, 4, 5), raw: true } },
-  ];
-  const expectCode: Record<string, number> = {
-    'invalid UTF-8 text frame': 1007,
-    'frame over MAX_MESSAGE_BYTES': 1009,
-    'reserved opcode': 1002,
-    'unmasked client frame': 1002,
-    'RSV bits set': 1002,
-  };
-  for (const c of cases) {
-    const conn = await connect();
-    if (c.pre !== 'none') send(conn.ws, { kind: 'hello', data: writeHello({ role: c.pre, nodeId: `fz-log-${conn.port}`, address: '127.0.0.1:1' }) });
-    send(conn.ws, c.f);
-    const { code } = await closedWithin(conn.closed, 3000, c.kind);
-    assert.is(code, expectCode[c.kind] ?? CloseCode.ProtocolError, `${c.kind}: close code`);
-    await waitFor(() => logLines(conn.port).length > 0, 3000, `${c.kind}: a log line naming ${CLIENT_IP}:${conn.port}\n${target.process.tail(5)}`);
-    // a flood after the fault adds no second line
-    for (let i = 0; i < 50; i++) send(conn.ws, { kind: 'x', data: Uint8Array.of(0xff) });
-    assert.is(logLines(conn.port).length, 1, `${c.kind}: logged once\n${logLines(conn.port).join('\n')}`);
-  }
-  await healthy();
-});
-
-test('a flood of frames, valid then garbage, is answered then cut off; the counter stays responsive', async () => {
-  const conn = await connect();
-  let replies = 0;
-  conn.ws.on('message', () => replies++);
-  send(conn.ws, { kind: 'hello', data: writeHello({ role: 'coordinator', nodeId: 'flood', address: '' }) });
-  for (let i = 0; i < 3000; i++) send(conn.ws, { kind: 'count', data: writeCount(i + 1, `wsfz-flood-${i % 7}`) });
-  for (let i = 0; i < 3000; i++) send(conn.ws, malformed());
-  const { code } = await closedWithin(conn.closed, 10_000, 'flood');
-  assert.ok(REFUSED.has(code), `close code ${code}`);
-  assert.ok(replies >= 3000, `the valid requests before the fault were answered (${replies})`);
-  await waitFor(() => logLines(conn.port).length > 0, 3000, 'the flood is logged');
-  assert.is(logLines(conn.port).length, 1, `logged once\n${logLines(conn.port).join('\n')}`);
-  await healthy();
-  await guardCounts();
-});
-
-test(`random hostile connections (${CONNECTIONS}, SEED=${SEED}) are all refused; guard counts never change`, async () => {
-  const kinds = new Map<string, number>();
-  const codes = new Map<number, number>();
-  let next = 0;
-  async function one(i: number): Promise<void> {
-    const conn = await connect();
-    const r = rng();
-    const role = r < 0.3 ? null : r < 0.65 ? 'peer' : 'coordinator';
-    if (role) send(conn.ws, { kind: 'hello', data: writeHello({ role, nodeId: `fz-${SEED}-${i}`, address: `127.0.0.1:${int(1, 65535)}` }) });
-    const steps = int(0, 5);
-    const sent: string[] = [];
-    for (let s = 0; s < steps; s++) {
-      const f = role === 'peer' && rng() < 0.6 ? brokenPeerMessage() : rng() < 0.2 ? wrongDirection(role) : malformed();
-      sent.push(f.kind);
-      kinds.set(f.kind, (kinds.get(f.kind) ?? 0) + 1);
-      send(conn.ws, f);
+  test.before(async () => {
+    guards.clear();
+    certs = overTls ? makeTestCerts() : null;
+    tlsCa = certs ? fs.readFileSync(certs.good.ca) : null;
+    mesh = await Mesh.start({ counters: 2, env: { MAX_MESSAGE_BYTES: String(MAX_MESSAGE_BYTES), BODY_LIMIT: String(MAX_MESSAGE_BYTES / 2) }, tls: certs?.good });
+    target = mesh.counters[0]!;
+    for (const n of [17, 5, 40]) {
+      const tenant = `guard-${randomBytes(6).toString('hex')}`;
+      guards.set(tenant, n);
+      assert.is(await mesh.post(Array.from({ length: n }, (_, i) => ({ tenant, id: `g${i}` }))), 200);
     }
-    // end on something that is malformed whatever came before, so every connection must be closed
-    const last = pick<Fuzz>([
-      { kind: 'unknown type (end)', data: Uint8Array.of(0x7f) },
-      { kind: 'empty frame (end)', data: new Uint8Array(0) },
-      { kind: 'text frame (end)', data: 'bye' },
-      { kind: 'oversized (end)', data: bytes(MAX_MESSAGE_BYTES + int(1, 1000)) },
-      { kind: 'truncated count (end)', data: writeCount(1, 'wsfz').subarray(0, 3) },
-    ]);
-    sent.push(last.kind);
-    send(conn.ws, last);
-    const { code } = await closedWithin(conn.closed, 5000, `connection ${i} after ${sent.join(', ')}`);
-    assert.ok(REFUSED.has(code), `connection ${i} (${role ?? 'no hello'}: ${sent.join(', ')}) closed with ${code}`);
-    codes.set(code, (codes.get(code) ?? 0) + 1);
-  }
-  const worker = async () => {
-    while (next < CONNECTIONS) await one(next++);
-  };
-  await Promise.all(Array.from({ length: PARALLEL }, worker));
-  console.log(`ws-fuzz: ${CONNECTIONS} connections; close codes ${JSON.stringify(Object.fromEntries(codes))}; ${kinds.size} kinds of frames`);
+    await mesh.waitConverged(guards);
+  });
 
-  await healthy();
-  await guardCounts();
-  // still a working counter: a new write through the coordinator is stored and replicated
-  const fresh = `after-fuzz-${SEED}`;
-  assert.is(await mesh.post([{ tenant: fresh, id: '1' }, { tenant: fresh, id: '2' }]), 200);
-  await mesh.waitConverged(new Map([[fresh, 2], ...guards]));
-  assert.not.match(target.process.output.join('\n'), /uncaught|Caught error while handling a Yjs update/i);
-});
+  test.after(async () => {
+    await mesh?.close();
+    certs?.close();
+  });
 
-/**
- * KNOWN BUG, skipped until fixed outside this test's files: an awareness state whose `address`
- * is no valid URL authority ("bad host:1", "x#y") is dialed by Gossip.reconcileDialers from the
- * anti-entropy timer; `new WebSocket()` in Dialer.connect throws synchronously there, which is an
- * uncaught exception: the counter exits, and so does every counter the update was forwarded to.
- * Fix: Dialer.connect catches the throw (log, stop dialing that address), and Gossip.members()
- * keeps only states whose address passes parseAddress(). Un-skip this test with the fix.
- */
-test('an awareness state with an unusable address does not crash the counters', async () => {
-  const conn = await connect();
-  send(conn.ws, { kind: 'hello', data: writeHello({ role: 'peer', nodeId: 'fz-ghost', address: '127.0.0.1:1' }) });
-  const state = (clock: number, address: string) => {
-    const e = encoding.createEncoder();
-    encoding.writeVarUint(e, 1);
-    encoding.writeVarUint(e, 4242);
-    encoding.writeVarUint(e, clock);
-    encoding.writeVarString(e, JSON.stringify({ id: 'ghost', address }));
-    return writeAwareness(encoding.toUint8Array(e));
-  };
-  send(conn.ws, { kind: 'awareness', data: state(1, '127.0.0.1:1') });
-  await new Promise((r) => setTimeout(r, 300));
-  send(conn.ws, { kind: 'awareness', data: state(2, 'bad host:1') });
-  // two anti-entropy rounds (Mesh sets ANTI_ENTROPY_MS=1000): the point where the dial happens
-  await new Promise((r) => setTimeout(r, 2500));
-  conn.ws.terminate();
-  for (const c of mesh.counters) assert.ok(c.process.running, `${c.id} survived\n${c.process.tail(12)}`);
-});
+  test('each kind of malformed input closes the connection with a close code and is logged once with the address', async () => {
+    const cases: { kind: string; pre: 'none' | 'peer' | 'coordinator'; f: Fuzz }[] = [
+      { kind: 'garbage before hello', pre: 'none', f: { kind: 'garbage', data: Uint8Array.of(0xde, 0xad, 0xbe, 0xef) } },
+      { kind: 'unknown type', pre: 'coordinator', f: { kind: 'unknown type', data: Uint8Array.of(0x7f) } },
+      { kind: 'truncated hello', pre: 'none', f: { kind: 'truncated', data: writeHello({ role: 'peer', nodeId: 'x', address: 'y' }).subarray(0, 4) } },
+      { kind: 'truncated add', pre: 'coordinator', f: { kind: 'truncated', data: writeAdd(1, [{ tenant: 'wsfz', id: 'abc' }]).subarray(0, 6) } },
+      { kind: 'malformed sync', pre: 'peer', f: { kind: 'sync', data: concat(varUint(MessageType.Sync), varUint(9)) } },
+      { kind: 'malformed update', pre: 'peer', f: { kind: 'update', data: writeSync((e) => syncProtocol.writeUpdate(e, Uint8Array.of(1, 1, 0xff))) } },
+      { kind: 'malformed awareness', pre: 'peer', f: { kind: 'awareness', data: writeAwareness(truncated(awarenessUpdate)) } },
+      { kind: 'text frame', pre: 'coordinator', f: { kind: 'text', data: 'hello' } },
+      { kind: 'invalid UTF-8 text frame', pre: 'none', f: { kind: 'text', data: Uint8Array.of(0xc3, 0x28), text: true } },
+      { kind: 'frame over MAX_MESSAGE_BYTES', pre: 'peer', f: { kind: 'big', data: new Uint8Array(MAX_MESSAGE_BYTES + 1) } },
+      { kind: 'reserved opcode', pre: 'coordinator', f: { kind: 'raw', data: Uint8Array.of(0x83, 0x80, 1, 2, 3, 4), raw: true } },
+      { kind: 'unmasked client frame', pre: 'none', f: { kind: 'raw', data: Uint8Array.of(0x82, 0x01, 0x7f), raw: true } },
+      { kind: 'RSV bits set', pre: 'peer', f: { kind: 'raw', data: Uint8Array.of(0xf2, 0x81, 1, 2, 3, 4, 5), raw: true } },
+    ];
+    const expectCode: Record<string, number> = {
+      'invalid UTF-8 text frame': 1007,
+      'frame over MAX_MESSAGE_BYTES': 1009,
+      'reserved opcode': 1002,
+      'unmasked client frame': 1002,
+      'RSV bits set': 1002,
+    };
+    for (const c of cases) {
+      const conn = await connect();
+      if (c.pre !== 'none') send(conn.ws, { kind: 'hello', data: writeHello({ role: c.pre, nodeId: `fz-log-${conn.port}`, address: '127.0.0.1:1' }) });
+      send(conn.ws, c.f);
+      const { code } = await closedWithin(conn.closed, 3000, c.kind);
+      assert.is(code, expectCode[c.kind] ?? CloseCode.ProtocolError, `${c.kind}: close code`);
+      await waitFor(() => logLines(conn.port).length > 0, 3000, `${c.kind}: a log line naming ${CLIENT_IP}:${conn.port}\n${target.process.tail(5)}`);
+      // a flood after the fault adds no second line
+      for (let i = 0; i < 50; i++) send(conn.ws, { kind: 'x', data: Uint8Array.of(0xff) });
+      assert.is(logLines(conn.port).length, 1, `${c.kind}: logged once\n${logLines(conn.port).join('\n')}`);
+    }
+    await healthy();
+  });
 
-test.run();
+  test('a flood of frames, valid then garbage, is answered then cut off; the counter stays responsive', async () => {
+    const conn = await connect();
+    let replies = 0;
+    conn.ws.on('message', () => replies++);
+    send(conn.ws, { kind: 'hello', data: writeHello({ role: 'coordinator', nodeId: 'flood', address: '' }) });
+    for (let i = 0; i < 3000; i++) send(conn.ws, { kind: 'count', data: writeCount(i + 1, `wsfz-flood-${i % 7}`) });
+    for (let i = 0; i < 3000; i++) send(conn.ws, malformed());
+    const { code } = await closedWithin(conn.closed, 10_000, 'flood');
+    assert.ok(REFUSED.has(code), `close code ${code}`);
+    assert.ok(replies >= 3000, `the valid requests before the fault were answered (${replies})`);
+    await waitFor(() => logLines(conn.port).length > 0, 3000, 'the flood is logged');
+    assert.is(logLines(conn.port).length, 1, `logged once\n${logLines(conn.port).join('\n')}`);
+    await healthy();
+    await guardCounts();
+  });
+
+  test(`random hostile connections (${CONNECTIONS}, SEED=${SEED}) are all refused; guard counts never change`, async () => {
+    const kinds = new Map<string, number>();
+    const codes = new Map<number, number>();
+    let next = 0;
+    async function one(i: number): Promise<void> {
+      const conn = await connect();
+      const r = rng();
+      const role = r < 0.3 ? null : r < 0.65 ? 'peer' : 'coordinator';
+      if (role) send(conn.ws, { kind: 'hello', data: writeHello({ role, nodeId: `fz-${SEED}-${i}`, address: `127.0.0.1:${int(1, 65535)}` }) });
+      const steps = int(0, 5);
+      const sent: string[] = [];
+      for (let s = 0; s < steps; s++) {
+        const f = role === 'peer' && rng() < 0.6 ? brokenPeerMessage() : rng() < 0.2 ? wrongDirection(role) : malformed();
+        sent.push(f.kind);
+        kinds.set(f.kind, (kinds.get(f.kind) ?? 0) + 1);
+        send(conn.ws, f);
+      }
+      // end on something that is malformed whatever came before, so every connection must be closed
+      const last = pick<Fuzz>([
+        { kind: 'unknown type (end)', data: Uint8Array.of(0x7f) },
+        { kind: 'empty frame (end)', data: new Uint8Array(0) },
+        { kind: 'text frame (end)', data: 'bye' },
+        { kind: 'oversized (end)', data: bytes(MAX_MESSAGE_BYTES + int(1, 1000)) },
+        { kind: 'truncated count (end)', data: writeCount(1, 'wsfz').subarray(0, 3) },
+      ]);
+      sent.push(last.kind);
+      send(conn.ws, last);
+      const { code } = await closedWithin(conn.closed, 5000, `connection ${i} after ${sent.join(', ')}`);
+      assert.ok(REFUSED.has(code), `connection ${i} (${role ?? 'no hello'}: ${sent.join(', ')}) closed with ${code}`);
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+    const worker = async () => {
+      while (next < CONNECTIONS) await one(next++);
+    };
+    await Promise.all(Array.from({ length: PARALLEL }, worker));
+    console.log(`ws-fuzz: ${CONNECTIONS} connections; close codes ${JSON.stringify(Object.fromEntries(codes))}; ${kinds.size} kinds of frames`);
+
+    await healthy();
+    await guardCounts();
+    // still a working counter: a new write through the coordinator is stored and replicated
+    const fresh = `after-fuzz-${SEED}`;
+    assert.is(await mesh.post([{ tenant: fresh, id: '1' }, { tenant: fresh, id: '2' }]), 200);
+    await mesh.waitConverged(new Map([[fresh, 2], ...guards]));
+    assert.not.match(target.process.output.join('\n'), /uncaught|Caught error while handling a Yjs update/i);
+  });
+
+  /**
+   * KNOWN BUG, skipped until fixed outside this test's files: an awareness state whose `address`
+   * is no valid URL authority ("bad host:1", "x#y") is dialed by Gossip.reconcileDialers from the
+   * anti-entropy timer; `new WebSocket()` in Dialer.connect throws synchronously there, which is an
+   * uncaught exception: the counter exits, and so does every counter the update was forwarded to.
+   * Fix: Dialer.connect catches the throw (log, stop dialing that address), and Gossip.members()
+   * keeps only states whose address passes parseAddress(). Un-skip this test with the fix.
+   */
+  test('an awareness state with an unusable address does not crash the counters', async () => {
+    const conn = await connect();
+    send(conn.ws, { kind: 'hello', data: writeHello({ role: 'peer', nodeId: 'fz-ghost', address: '127.0.0.1:1' }) });
+    const state = (clock: number, address: string) => {
+      const e = encoding.createEncoder();
+      encoding.writeVarUint(e, 1);
+      encoding.writeVarUint(e, 4242);
+      encoding.writeVarUint(e, clock);
+      encoding.writeVarString(e, JSON.stringify({ id: 'ghost', address }));
+      return writeAwareness(encoding.toUint8Array(e));
+    };
+    send(conn.ws, { kind: 'awareness', data: state(1, '127.0.0.1:1') });
+    await new Promise((r) => setTimeout(r, 300));
+    send(conn.ws, { kind: 'awareness', data: state(2, 'bad host:1') });
+    // two anti-entropy rounds (Mesh sets ANTI_ENTROPY_MS=1000): the point where the dial happens
+    await new Promise((r) => setTimeout(r, 2500));
+    conn.ws.terminate();
+    for (const c of mesh.counters) assert.ok(c.process.running, `${c.id} survived\n${c.process.tail(12)}`);
+  });
+
+  test.run();
+}
+
+defineTests(false);
+defineTests(true);

@@ -4,6 +4,7 @@
 import { ConfigError, coordinatorConfig, counterConfig, launcherConfig, loadEnv } from '../shared/config.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
 import { HELP, commandHelp } from './help.ts';
+import type { TlsFiles } from '../shared/tls.ts';
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -23,6 +24,7 @@ async function main(argv: string[]): Promise<number> {
       const log = createLogger(`counter ${config.id}`, config.logLevel);
       const { Counter } = await import('../counter/counter.ts');
       const counter = await Counter.start(config, log);
+      reloadOnHangup(config.tls, log);
       return untilSignal(() => counter.close(), log, config.shutdownTimeoutMs);
     }
     case 'coordinator': {
@@ -30,6 +32,7 @@ async function main(argv: string[]): Promise<number> {
       const log = createLogger('coordinator', config.logLevel);
       const { Coordinator } = await import('../coordinator/server.ts');
       const coordinator = await Coordinator.start(config, log);
+      reloadOnHangup(config.tls, log);
       return untilSignal(() => coordinator.close(), log, config.shutdownTimeoutMs);
     }
     case 'up': {
@@ -40,6 +43,22 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
   }
+}
+
+/**
+ * SIGHUP re-reads TLS_CERT, TLS_KEY and TLS_CA: renewed certificates apply to new connections
+ * without a restart. A file that cannot be used is logged and the old certificates stay.
+ */
+function reloadOnHangup(tls: TlsFiles | null, log: Logger): void {
+  if (!tls) return;
+  process.on('SIGHUP', () => {
+    try {
+      tls.reload();
+      log.info({ cert: tls.paths.cert, ca: tls.paths.ca }, 'TLS certificates re-read (SIGHUP)');
+    } catch (err) {
+      log.error({ err: { message: (err as Error).message } }, 'TLS certificates not re-read; the previous ones stay in use');
+    }
+  });
 }
 
 /**

@@ -19,6 +19,8 @@
  * | 413    | BODY_TOO_LARGE           | the body is larger than BODY_LIMIT                                 |
  * | 414    | URI_TOO_LONG             | the URL (or a path parameter) is too long                          |
  * | 415    | UNSUPPORTED_MEDIA_TYPE   | a body that is not `application/json` (UTF-8)                      |
+ * | 429    | RATE_LIMITED             | more than RATE_LIMIT_MAX requests in RATE_LIMIT_WINDOW_MS from one client (`Retry-After`) |
+ * | 400    | HTTPS_REQUIRED           | plain HTTP to a TLS port (answered in clear text by src/shared/tls.ts, then closed) |
  * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
  * | 503    | TOO_MANY_VIEWERS         | 64 status-page streams are open already (`Retry-After`)            |
  * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
@@ -153,7 +155,13 @@ export function clientErrorHandler(err: Error & { code?: string }, socket: Socke
   const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
   if (socket.writable && !inFlight?.headersSent) {
     const body = JSON.stringify({ statusCode, code, error: STATUS_CODES[statusCode], message });
-    socket.write(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    // end, then destroy once written: over TLS the encrypted answer is still queued right after
+    // write(), and an immediate destroy would drop it (the client saw a bare close)
+    socket.end(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    socket.once('finish', () => socket.destroy());
+    // a client that does not read cannot keep the socket
+    setTimeout(() => socket.destroy(), 5000).unref();
+    return;
   }
   socket.destroy();
 }

@@ -15,6 +15,9 @@ import { systemClock } from '../shared/clock.ts';
 import { CounterRejectedError } from './counter-link.ts';
 import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from './quorum.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
+import { serveTls } from '../shared/tls.ts';
+import type { Server as TlsServer } from 'node:tls';
+import rateLimit from '@fastify/rate-limit';
 import { METRICS_CONTENT_TYPE } from '../shared/metrics.ts';
 import { CoordinatorMetrics } from './metrics.ts';
 import { PAGE_PATHS, StatusPage } from './status-page.ts';
@@ -68,7 +71,10 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     childLoggerFactory: (logger) => logger,
     // extra properties are rejected, never silently dropped; nothing is coerced
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-  });
+    // TLS_CERT/TLS_KEY: the public port speaks HTTPS only (plain HTTP gets a 400 HTTPS_REQUIRED);
+    // https.createServer takes the http options too, the draining response among them
+    ...(config.tls?.listens ? { https: { ...config.tls.serverOptions(), ServerResponse: drainingResponse(drain) } } : {}),
+  }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
   app.setErrorHandler(handleError);
   // runs when close() begins, before the listener closes
@@ -76,6 +82,12 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     drain.draining = true;
     done();
   });
+  if (config.tls?.listens) {
+    const detach = serveTls(app.server as unknown as TlsServer, config.tls, log, TIMEOUTS.headersMs);
+    app.addHook('onClose', async () => detach());
+  }
+  // before the API key check, so a client sending bad keys is limited too; no hook at all when off
+  if (config.rateLimitMax > 0) addRateLimit(app, config);
 
   // JSON only: no text/plain parser (a wrong Content-Type is a 415, not a confusing 400)
   app.removeAllContentTypeParsers();
@@ -199,6 +211,32 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   return app;
 }
 
+/**
+ * RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW_MS per client: per API key for requests carrying
+ * API_KEY (however many addresses share it), per client address otherwise. /health and /ready
+ * are not limited (probes of load balancers often come from one address). @fastify/rate-limit
+ * keeps the counts (an LRU of windows); the answer is the catalogue's 429 with Retry-After.
+ */
+function addRateLimit(app: FastifyInstance, config: Readonly<CoordinatorConfig>): void {
+  type Limiter = ReturnType<FastifyInstance['createRateLimit']>;
+  let limiter: Limiter | null = null;
+  const { apiKey } = config;
+  app.register(rateLimit, { global: false }).after(() => {
+    limiter = app.createRateLimit({
+      max: config.rateLimitMax,
+      timeWindow: config.rateLimitWindowMs,
+      keyGenerator: (req) => (apiKey && bearerMatches(req.headers.authorization, apiKey) ? 'api-key' : `address:${req.ip}`),
+    });
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    if (OPEN_ROUTES.has(req.routeOptions.url ?? '') || !limiter) return;
+    const r = await limiter(req);
+    if (r.isAllowed || !r.isExceeded) return;
+    reply.header('retry-after', String(Math.max(1, r.ttlInSeconds)));
+    return sendError(reply, 429, 'RATE_LIMITED', `more than ${r.max} requests in ${config.rateLimitWindowMs} ms from this client (RATE_LIMIT_MAX); wait Retry-After seconds and send again`);
+  });
+}
+
 export class Coordinator {
   private constructor(
     readonly app: FastifyInstance,
@@ -209,7 +247,7 @@ export class Coordinator {
 
   static async start(config: Readonly<CoordinatorConfig>, log: Logger): Promise<Coordinator> {
     // counters send small replies and status messages only: 1 MiB bounds what one may send us
-    const transport = wsTransport({ secret: config.clusterSecret, host: config.host, maxPayload: 1024 * 1024, log });
+    const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: 1024 * 1024, log });
     const pool = new CounterPool(config, log.child({ component: 'pool' }), { transport, clock: systemClock });
     await pool.start();
     const app = buildCoordinatorServer(config, pool, log);

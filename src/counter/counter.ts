@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
 import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
-import type { Item, Status } from '../protocol/messages.ts';
+import { CloseCode, type Item, type Status } from '../protocol/messages.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
@@ -123,7 +123,7 @@ export class Counter implements CounterApi {
       await lock.close();
       throw err;
     });
-    const transport = wsTransport({ secret: config.clusterSecret, host: config.host, maxPayload: config.maxMessageBytes, log });
+    const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: config.maxMessageBytes, log });
     const counter = new Counter(config, { log: store, lock, transport, clock: systemClock, metrics }, log);
     metrics?.attach(counter, { connectedPeers: () => counter.connectedPeers() });
     try {
@@ -158,7 +158,12 @@ export class Counter implements CounterApi {
     Handshake.accept(
       wire,
       remote,
-      { peer: (sock, hello) => this.gossip.adopt(sock, hello), coordinator: (sock) => this.sessions.adopt(sock) },
+      // a handshake that began before stop() may end after gossip and sessions closed: such a
+      // connection is closed here, or it would hold the HTTP server's close (and the exit) forever
+      {
+        peer: (sock, hello) => (this.closing ? sock.close(CloseCode.GoingAway, 'shutting down') : this.gossip.adopt(sock, hello)),
+        coordinator: (sock) => (this.closing ? sock.close(CloseCode.GoingAway, 'shutting down') : this.sessions.adopt(sock)),
+      },
       { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock },
     );
   }

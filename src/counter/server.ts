@@ -9,7 +9,9 @@ import { WebSocketServer } from 'ws';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { bearerMatches } from '../shared/secret.ts';
+import { bearerMatchesAny } from '../shared/secret.ts';
+import { serveTls } from '../shared/tls.ts';
+import type { Server as TlsServer } from 'node:tls';
 import type { CounterConfig } from '../shared/config.ts';
 import type { Status } from '../protocol/messages.ts';
 import type { Wire } from '../protocol/wire.ts';
@@ -43,10 +45,17 @@ export function buildCounterServer({ config, log, counter, acceptMesh, metrics }
     requestTimeout: TIMEOUTS.requestMs,
     connectionTimeout: TIMEOUTS.idleMs,
     keepAliveTimeout: TIMEOUTS.keepAliveMs,
-  });
+    // TLS_CERT/TLS_KEY: HTTPS and WSS on the same port (with TLS_CLIENT_AUTH=require, peers without
+    // a certificate from TLS_CA are refused in the handshake, before any header is read)
+    ...(config.tls?.listens ? { https: config.tls.serverOptions() } : {}),
+  }) as unknown as FastifyInstance;
   app.server.headersTimeout = TIMEOUTS.headersMs;
+  if (config.tls?.listens) {
+    const detach = serveTls(app.server as unknown as TlsServer, config.tls, log, TIMEOUTS.headersMs);
+    app.addHook('onClose', async () => detach());
+  }
   const wss = new WebSocketServer({ noServer: true, maxPayload: config.maxMessageBytes, perMessageDeflate: false });
-  const authorized = (header: string | undefined) => !config.clusterSecret || bearerMatches(header, config.clusterSecret);
+  const authorized = (header: string | undefined) => config.acceptedSecrets.length === 0 || bearerMatchesAny(header, config.acceptedSecrets);
 
   app.addHook('onRequest', async (req, reply) => {
     if (req.routeOptions.url === '/health') return;

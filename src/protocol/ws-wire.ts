@@ -5,6 +5,7 @@
 import WebSocket from 'ws';
 import type { Logger } from 'pino';
 import { isLoopback } from '../shared/address.ts';
+import { isTlsError, type TlsFiles } from '../shared/tls.ts';
 import type { DialHandlers, Transport, Wire, WireEvents } from './wire.ts';
 
 export const MESH_PATH = '/mesh';
@@ -76,25 +77,60 @@ export function wsWire(ws: WebSocket, remote: string, log: Logger): Wire {
 
 export interface WsTransportOptions {
   secret: string;
+  /** During a secret rotation: sent to a counter that refused `secret` (it has not been given the new one yet). */
+  previousSecret?: string;
+  /** Dial `wss://` with these certificates when they include a CA (TLS_CA). */
+  tls?: TlsFiles | null;
   /** Our own listening host; outgoing sockets bind to it when it is a specific loopback IP. */
   host: string;
   maxPayload: number;
   log: Logger;
 }
 
-/** Dials `ws://address/mesh` with the cluster secret. */
+/** What the transport remembers of one address between dials. */
+interface DialState {
+  /** 1 after the counter refused the current secret: the next dials send the previous one. */
+  secretIndex: 0 | 1;
+  /** 401s since the last successful dial; with two secrets, the first one only means "try the other". */
+  refusals: number;
+  /** What was last warned about: the same failure on every retry is logged once, until a dial succeeds. */
+  warned: string;
+}
+
+/**
+ * Dials `ws://address/mesh` (`wss://` with TLS_CA) with the cluster secret. A certificate that
+ * does not verify, or a refused secret, is warned about once per address until a dial succeeds;
+ * while rotating, a counter that refuses the current secret is sent the previous one.
+ */
 export function wsTransport(opts: WsTransportOptions): Transport {
-  const { secret, host, maxPayload, log } = opts;
+  const { host, maxPayload, log, tls, previousSecret } = opts;
+  // one entry per address ever dialed: configured and announced counters, a bounded set
+  const states = new Map<string, DialState>();
+  const warnOnce = (st: DialState, key: string, obj: object, msg: string) => {
+    if (st.warned === key) return;
+    st.warned = key;
+    log.warn(obj, `${msg} (logged once until a dial succeeds)`);
+  };
   return {
     dial(address: string, handlers: DialHandlers): () => void {
+      let st = states.get(address);
+      if (!st) {
+        st = { secretIndex: 0, refusals: 0, warned: '' };
+        states.set(address, st);
+      }
+      const state = st;
+      const secret = state.secretIndex === 1 && previousSecret ? previousSecret : opts.secret;
+      const useTls = tls?.dials === true;
       let ws: WebSocket;
       try {
-        ws = new WebSocket(`ws://${address}${MESH_PATH}`, {
+        ws = new WebSocket(`${useTls ? 'wss' : 'ws'}://${address}${MESH_PATH}`, {
           headers: authHeaders(secret),
           maxPayload,
           localAddress: localAddressFor(host),
           handshakeTimeout: 5000,
           perMessageDeflate: false,
+          // read on every dial, so certificates re-read on SIGHUP apply to the next connection
+          ...(useTls ? tls.clientOptions() : {}),
         });
       } catch (err) {
         // an address that is no URL authority can never work: say so once, report it closed
@@ -102,15 +138,36 @@ export function wsTransport(opts: WsTransportOptions): Transport {
         queueMicrotask(() => handlers.closed(true));
         return () => {};
       }
-      ws.on('open', () => handlers.opened(wsWire(ws, address, log)));
-      ws.on('unexpected-response', (_req, res) => {
-        log.warn(
-          { address, status: res.statusCode },
-          res.statusCode === 401 ? 'counter refused our CLUSTER_SECRET; check that every process has the same one' : 'unexpected answer to WebSocket upgrade',
-        );
-        ws.terminate();
+      ws.on('open', () => {
+        state.refusals = 0;
+        state.warned = '';
+        handlers.opened(wsWire(ws, address, log));
       });
-      ws.on('error', (err) => log.debug({ address, err: { message: err.message } }, 'dial failed'));
+      ws.on('unexpected-response', (_req, res) => {
+        ws.terminate();
+        if (res.statusCode === 401 && previousSecret) {
+          // mid-rotation: the counter may not know the current secret yet; the next dial sends the other one
+          state.secretIndex = state.secretIndex === 0 ? 1 : 0;
+          if (++state.refusals < 2) return;
+        }
+        const what =
+          res.statusCode === 401
+            ? 'counter refused our CLUSTER_SECRET; check that every process has the same one (or, while rotating, current,previous)'
+            : res.statusCode === 400 && !useTls
+              ? 'counter answered 400 to a plain WebSocket upgrade: it probably speaks TLS; set TLS_CA'
+              : 'unexpected answer to WebSocket upgrade';
+        warnOnce(state, `status ${res.statusCode}`, { address, status: res.statusCode }, what);
+      });
+      ws.on('error', (err: Error & { code?: string }) => {
+        if (!isTlsError(err)) return log.debug({ address, err: { message: err.message } }, 'dial failed');
+        // a certificate that does not verify fails again on every retry: warn once per address
+        warnOnce(
+          state,
+          `tls ${err.code}`,
+          { address, err: { code: err.code, message: err.message } },
+          'TLS handshake with counter failed; check that it speaks TLS, that its certificate is signed by TLS_CA and names this address',
+        );
+      });
       ws.on('close', () => handlers.closed());
       return () => ws.terminate();
     },

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { isLoopback, parseAddressList, type Address } from './address.ts';
 import { MAX_WIRE_FIELD_CHARS } from './limits.ts';
+import { TlsConfigError, TlsFiles } from './tls.ts';
 import { MAX_LEVEL_NUMBER, parseLevel, type Level } from './levels.ts';
 
 export class ConfigError extends Error {
@@ -22,6 +23,10 @@ export const SETTINGS = {
   HEARTBEAT_MS: '2000',
   MAX_MESSAGE_BYTES: String(256 * 1024 * 1024),
   RECONNECT_MAX_MS: '1000',
+  TLS_CERT: '',
+  TLS_KEY: '',
+  TLS_CA: '',
+  TLS_CLIENT_AUTH: '',
   METRICS: 'on',
   SHUTDOWN_TIMEOUT_MS: '10000',
   // coordinator
@@ -33,6 +38,8 @@ export const SETTINGS = {
   MAX_BATCH: '10000',
   COUNTER_TIMEOUT_MS: '3000',
   DNS_REFRESH_MS: '10000',
+  RATE_LIMIT_MAX: '0',
+  RATE_LIMIT_WINDOW_MS: '1000',
   WRITE_QUORUM: 'one',
   READ_QUORUM: 'one',
   // counter
@@ -152,7 +159,12 @@ class Reader {
 export interface CommonConfig {
   logLevel: string;
   host: string;
+  /** The secret this process sends (the current one). */
   clusterSecret: string;
+  /** Every secret this process accepts: the current one and, during a rotation, the previous one. */
+  acceptedSecrets: readonly string[];
+  /** The PEM files of TLS_CERT, TLS_KEY and TLS_CA, loaded; null when none is set. */
+  tls: TlsFiles | null;
   heartbeatMs: number;
   maxMessageBytes: number;
   reconnectMaxMs: number;
@@ -165,11 +177,47 @@ export interface CommonConfig {
 /** Upper bound of SHUTDOWN_TIMEOUT_MS: an orchestrator's grace period must cover it, and they count in minutes at most. */
 const MAX_SHUTDOWN_TIMEOUT_MS = 600_000;
 
-function common(r: Reader): CommonConfig {
+/**
+ * `CLUSTER_SECRET=current` or, during a rotation, `CLUSTER_SECRET=current,previous`: the process
+ * sends the current secret and accepts both, so processes can be restarted one at a time.
+ */
+function secrets(r: Reader): string[] {
+  const raw = r.str('CLUSTER_SECRET');
+  if (raw === '') return [];
+  const parts = raw.split(',').map((s) => s.trim());
+  if (parts.length > 2 || parts.some((s) => s === '')) {
+    throw new ConfigError(
+      'CLUSTER_SECRET is not valid: use one secret, or "current,previous" (two non-empty secrets separated by one comma) while rotating; a secret cannot contain a comma',
+    );
+  }
+  return parts;
+}
+
+/** TLS_CLIENT_AUTH is read by counters only: the coordinator's public port never asks for client certificates. */
+function tlsFiles(r: Reader, readClientAuth: boolean): TlsFiles | null {
+  const paths = { cert: r.str('TLS_CERT'), key: r.str('TLS_KEY'), ca: r.str('TLS_CA') };
+  const clientAuth = r.str('TLS_CLIENT_AUTH');
+  if (clientAuth !== '' && clientAuth !== 'require') throw new ConfigError(`TLS_CLIENT_AUTH=${JSON.stringify(clientAuth)} is not valid: leave it empty or set it to require`);
+  if (!paths.cert && !paths.key && !paths.ca) {
+    if (clientAuth && readClientAuth) throw new ConfigError('TLS_CLIENT_AUTH=require needs TLS_CERT, TLS_KEY and TLS_CA');
+    return null;
+  }
+  try {
+    return new TlsFiles(paths, readClientAuth && clientAuth === 'require');
+  } catch (err) {
+    if (err instanceof TlsConfigError) throw new ConfigError(err.message);
+    throw err;
+  }
+}
+
+function common(r: Reader, readClientAuth: boolean): CommonConfig {
+  const accepted = secrets(r);
   return {
     logLevel: r.logLevel(),
     host: r.str('HOST'),
-    clusterSecret: r.str('CLUSTER_SECRET'),
+    clusterSecret: accepted[0] ?? '',
+    acceptedSecrets: accepted,
+    tls: tlsFiles(r, readClientAuth),
     heartbeatMs: r.int('HEARTBEAT_MS', 100, 60_000),
     maxMessageBytes: r.int('MAX_MESSAGE_BYTES', 1024, 2 ** 31 - 1),
     reconnectMaxMs: r.int('RECONNECT_MAX_MS', 50, 60_000),
@@ -201,8 +249,13 @@ export interface CounterConfig extends CommonConfig {
 
 export function counterConfig(env: Env): Readonly<CounterConfig> {
   const r = new Reader(env);
-  const c = common(r);
+  const c = common(r, true);
   requireSecretOffLoopback(c, 'counter');
+  if (c.tls && c.tls.listens !== c.tls.dials) {
+    throw new ConfigError(
+      'a counter both listens for and dials other counters: set TLS_CERT, TLS_KEY and TLS_CA together (or none), the same CA on every process of the mesh',
+    );
+  }
   const port = r.port('COUNTER_PORT');
   const advertised = r.str('ADVERTISE_ADDRESS');
   if (advertised) r.addresses('ADVERTISE_ADDRESS', false);
@@ -235,6 +288,9 @@ export interface CoordinatorConfig extends CommonConfig {
   maxBatch: number;
   counterTimeoutMs: number;
   dnsRefreshMs: number;
+  /** Requests per client (address, or API key when API_KEY is set) per window; 0 turns rate limiting off. */
+  rateLimitMax: number;
+  rateLimitWindowMs: number;
   /** Default `w` of POST /items: replicas that must have the items on disk before the 200. */
   writeQuorum: Level;
   /** Default `r` of GET /items/:tenant/count: replicas whose counts the answer is taken from. */
@@ -243,7 +299,7 @@ export interface CoordinatorConfig extends CommonConfig {
 
 export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
   const r = new Reader(env);
-  const c = common(r);
+  const c = common(r, false);
   const bodyLimit = r.int('BODY_LIMIT', 1024, 1024 * 1024 * 1024);
   if (bodyLimit + FRAME_HEADROOM_BYTES > c.maxMessageBytes) {
     throw new ConfigError(
@@ -262,6 +318,8 @@ export function coordinatorConfig(env: Env): Readonly<CoordinatorConfig> {
     maxBatch: r.int('MAX_BATCH', 1, 1_000_000),
     counterTimeoutMs: r.int('COUNTER_TIMEOUT_MS', 50, 600_000),
     dnsRefreshMs: r.int('DNS_REFRESH_MS', 100, 3_600_000),
+    rateLimitMax: r.int('RATE_LIMIT_MAX', 0, 1_000_000_000),
+    rateLimitWindowMs: r.int('RATE_LIMIT_WINDOW_MS', 100, 3_600_000),
     writeQuorum: r.level('WRITE_QUORUM'),
     readQuorum: r.level('READ_QUORUM'),
   });

@@ -9,3 +9,10 @@ export function bearerMatches(header: string | undefined, secret: string): boole
   const wanted = createHash('sha256').update(`Bearer ${secret}`).digest();
   return timingSafeEqual(given, wanted);
 }
+
+/** True when `header` carries any of `secrets` (current and, while rotating, previous); every one is compared, so timing says nothing of which. */
+export function bearerMatchesAny(header: string | undefined, secrets: readonly string[]): boolean {
+  let ok = false;
+  for (const s of secrets) ok = bearerMatches(header, s) || ok;
+  return ok;
+}

@@ -14,6 +14,8 @@ import { fileURLToPath } from 'node:url';
 import { tsxLoaderUrl } from '../../src/shared/tsx-loader.ts';
 import { FaultProxy, type Cut } from './fault-proxy.ts';
 import { waitFor } from '../../src/shared/wait.ts';
+import https from 'node:https';
+import type { CertSet } from './certs.ts';
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 const TSX_LOADER = tsxLoaderUrl();
@@ -99,15 +101,65 @@ export interface MeshOptions {
   /** Extra environment for every process. */
   env?: Record<string, string>;
   logLevel?: string;
+  /**
+   * Every process listens and dials with these certificates (TLS_CERT, TLS_KEY, TLS_CA); the
+   * harness's own requests then use https with the same CA (and the certificate as client
+   * certificate, which counters with TLS_CLIENT_AUTH=require ask for).
+   */
+  tls?: CertSet & { clientAuth?: boolean };
+  /** CLUSTER_SECRET of every process (random by default). */
+  secret?: string;
+}
+
+/** The part of fetch's Response the harness reads. */
+export interface SimpleResponse {
+  ok: boolean;
+  status: number;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+  arrayBuffer(): Promise<unknown>;
+}
+
+export interface HttpsResponse extends SimpleResponse {
+  headers: Record<string, string | string[] | undefined>;
+}
+
+/** One HTTPS request with our own CA and client certificate (Node 20's fetch cannot take a CA). */
+export function httpsRequest(url: string, certs: CertSet, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<HttpsResponse> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, {
+      method: init.method ?? 'GET',
+      headers: init.headers,
+      ca: fs.readFileSync(certs.ca),
+      cert: fs.readFileSync(certs.cert),
+      key: fs.readFileSync(certs.key),
+      agent: false,
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${url} in 10 s`)));
+    req.once('error', reject);
+    req.once('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.once('error', reject);
+      res.once('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        const status = res.statusCode ?? 0;
+        resolve({ ok: status >= 200 && status < 300, status, headers: res.headers, text: async () => text, json: async () => JSON.parse(text) as unknown, arrayBuffer: async () => text });
+      });
+    });
+    req.end(init.body);
+  });
 }
 
 export class Mesh {
-  readonly secret = randomBytes(16).toString('hex');
+  /** What processes get as CLUSTER_SECRET and the harness sends; a rotation test changes it between steps. */
+  secret: string;
   readonly counters: CounterNode[] = [];
   readonly coordinators: { host: string; port: number; process: MeshProcess }[] = [];
   private readonly root: string;
 
   private constructor(private readonly opts: MeshOptions) {
+    this.secret = opts.secret ?? randomBytes(16).toString('hex');
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-'));
   }
 
@@ -135,6 +187,9 @@ export class Mesh {
       ANTI_ENTROPY_MS: '1000',
       RECONNECT_MAX_MS: '400',
       COUNTER_TIMEOUT_MS: '1500',
+      ...(this.opts.tls
+        ? { TLS_CERT: this.opts.tls.cert, TLS_KEY: this.opts.tls.key, TLS_CA: this.opts.tls.ca, TLS_CLIENT_AUTH: this.opts.tls.clientAuth ? 'require' : '' }
+        : {}),
       ...this.opts.env,
     };
   }
@@ -176,24 +231,35 @@ export class Mesh {
     proc.start();
     const coord = { host, port, process: proc };
     this.coordinators.push(coord);
-    await waitFor(async () => (await fetch(`http://${host}:${port}/health`)).ok, 20_000, `${proc.name} health`);
+    await waitFor(async () => (await this.call(`${this.scheme}://${host}:${port}/health`)).ok, 20_000, `${proc.name} health`);
     return coord;
+  }
+
+  /** `https` when the mesh runs with TLS. */
+  get scheme(): string {
+    return this.opts.tls ? 'https' : 'http';
+  }
+
+  /** fetch, or {@link httpsRequest} with the mesh's certificates when it runs with TLS. */
+  call(url: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<SimpleResponse> {
+    if (this.opts.tls) return httpsRequest(url, this.opts.tls, init);
+    return fetch(url, init);
   }
 
   url(p: string, coordinator = 0): string {
     const c = this.coordinators[coordinator]!;
-    return `http://${c.host}:${c.port}${p}`;
+    return `${this.scheme}://${c.host}:${c.port}${p}`;
   }
 
   /** POSTs items through a coordinator; returns the HTTP status. */
   async post(items: { id: string; tenant: string }[] | { id: string; tenant: string }, coordinator = 0): Promise<number> {
-    const res = await fetch(this.url('/items', coordinator), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+    const res = await this.call(this.url('/items', coordinator), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
     await res.arrayBuffer();
     return res.status;
   }
 
   async count(tenant: string, coordinator = 0): Promise<number> {
-    const res = await fetch(this.url(`/items/${encodeURIComponent(tenant)}/count`, coordinator));
+    const res = await this.call(this.url(`/items/${encodeURIComponent(tenant)}/count`, coordinator));
     const body = (await res.json()) as { count?: number; message?: string };
     if (!res.ok) throw new Error(`count ${tenant}: ${res.status} ${body.message}`);
     return body.count!;
@@ -201,7 +267,7 @@ export class Mesh {
 
   /** A counter's own count, asked directly (not through its proxy). */
   async counterCount(c: CounterNode, tenant: string): Promise<number> {
-    const res = await fetch(`http://${c.host}:${c.port}/items/${encodeURIComponent(tenant)}/count`, { headers: { authorization: `Bearer ${this.secret}` } });
+    const res = await this.call(`${this.scheme}://${c.host}:${c.port}/items/${encodeURIComponent(tenant)}/count`, { headers: { authorization: `Bearer ${this.secret}` } });
     const body = (await res.json()) as { count?: number; message?: string };
     if (!res.ok) throw new Error(`${c.id} count ${tenant}: ${res.status} ${body.message}`);
     return body.count!;
@@ -209,7 +275,7 @@ export class Mesh {
 
   async counterReady(c: CounterNode): Promise<boolean> {
     try {
-      return (await fetch(`http://${c.host}:${c.port}/ready`, { headers: { authorization: `Bearer ${this.secret}` } })).ok;
+      return (await this.call(`${this.scheme}://${c.host}:${c.port}/ready`, { headers: { authorization: `Bearer ${this.secret}` } })).ok;
     } catch {
       return false;
     }
@@ -220,7 +286,7 @@ export class Mesh {
     for (const c of this.counters) if (c.process.running) await waitFor(() => this.counterReady(c), timeoutMs, `${c.id} ready\n${c.process.tail()}`);
     for (let i = 0; i < this.coordinators.length; i++) {
       await waitFor(async () => {
-        const res = await fetch(this.url('/counters', i));
+        const res = await this.call(this.url('/counters', i));
         const list = (await res.json()) as { ready: boolean }[];
         return list.filter((x) => x.ready).length >= this.counters.filter((c) => c.process.running).length;
       }, timeoutMs, `coordinator ${i} sees the running counters`);

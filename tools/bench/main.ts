@@ -5,7 +5,8 @@
  * acknowledgments after fsync) and a ceiling server in a child process, drives both with
  * autocannon (every request carries fresh item ids), then measures memory, restart, catch-up and
  * partition healing on counters of its own. Prints a table with the targets and, with --out,
- * writes the figures as JSON (keys: post_single, post_batch, get_count, memory, restart, catch_up,
+ * writes the figures as JSON (keys: post_single, post_batch, get_count, post_single_tls,
+ * get_count_tls (the same two over HTTPS, TLS on every socket), memory, restart, catch_up,
  * partition_heal, machine).
  *
  * Sizes: --smoke (about 20 s, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
@@ -18,7 +19,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Mesh, freePort } from '../../test/support/mesh.ts';
+import { Mesh, freePort, httpsRequest, type SimpleResponse } from '../../test/support/mesh.ts';
+import { makeTestCerts, type CertSet } from '../../test/support/certs.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
@@ -42,7 +44,9 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
   --mesh direct|proxied|compare  direct (default): processes talk to each other straight; proxied:
                        every connection to a counter goes through its FaultProxy (examples/lib/mesh.ts);
                        compare: both meshes at once, alternating rounds, throughput only (no JSON)
-  --only LIST          run only these figures, e.g. --only post_single,get_count
+  --only LIST          run only these figures, e.g. --only post_single,get_count (post_single_tls and
+                       get_count_tls: the same over HTTPS to a mesh with TLS on every socket,
+                       certificates made with openssl; ratio to the same plain ceiling)
   --profile DIR        instead of the figures: run the mesh under node --cpu-prof (coordinator and
                        counters), drive --profile-route (post_single|post_batch|get_count) for
                        --seconds (default 20), stop the processes and print the top self time
@@ -52,8 +56,8 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
 `;
 
 type Mode = 'smoke' | 'quick' | 'full';
-type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'partition_heal' | 'memory';
-const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'partition_heal', 'memory'];
+type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
+const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
 
 interface Options {
   mode: Mode;
@@ -81,6 +85,9 @@ export interface Figures {
   post_single_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   post_batch: { items_per_s: number; batch: number; replicated_ms: number };
   get_count: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  /** The same two routes over HTTPS, every mesh socket with TLS; ratio to the plain ceiling of the same rounds. */
+  post_single_tls: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
+  get_count_tls: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   /** get_count with `?r=quorum`: 2 of the 3 counters asked, their tallies compared. */
   get_count_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   memory: { items: number; tenants: number; rss_bytes_per_item: number; heap_bytes_per_item: number | null };
@@ -317,13 +324,18 @@ function productEnv(): Record<string, string> {
 }
 
 /** Every counter sees all `n` members and the coordinator sees all counters ready. */
-async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000): Promise<void> {
+/** GET for the bench's own checks: fetch, or https with the mesh's CA when it runs with TLS. */
+function get(url: string, tls?: CertSet): Promise<SimpleResponse> {
+  return tls ? httpsRequest(url, tls) : fetch(url);
+}
+
+async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000, tls?: CertSet): Promise<void> {
   for (const c of counters) await waitFor(() => c.ready(), timeoutMs, `${c.address} ready`);
   for (const c of counters) {
     await waitFor(async () => (await c.status()).members.length >= counters.length, timeoutMs, `${c.address} to see ${counters.length} members`);
   }
   await waitFor(async () => {
-    const res = await fetch(`${url}/counters`);
+    const res = await get(`${url}/counters`, tls);
     const list = (await res.json()) as { ready: boolean }[];
     return list.filter((x) => x.ready).length >= counters.length;
   }, timeoutMs, 'the coordinator to see every counter ready');
@@ -333,15 +345,15 @@ async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutM
  * Coordinator and counters talking to each other directly (no proxies): counter i on
  * 127.0.0.(10+i), the coordinator on 127.0.0.2, PEERS/COUNTERS set to the real addresses.
  */
-async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => []): Promise<MeshHandle> {
-  const base = { ...productEnv(), CLUSTER_SECRET: secret };
+async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => [], tls?: CertSet): Promise<MeshHandle> {
+  const base = { ...productEnv(), CLUSTER_SECRET: secret, ...(tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {}) };
   const nodes: { proc: NodeProc; ep: CounterEndpoint }[] = [];
   for (let i = 0; i < n; i++) {
     const host = `127.0.0.${10 + i}`;
     const port = await freePort(host);
     const proc = new NodeProc(`c${i}`, 'counter', {}, nodeArgs(`c${i}`));
     proc.watch = /compacted log into snapshot/;
-    nodes.push({ proc, ep: new CounterEndpoint(host, port, secret) });
+    nodes.push({ proc, ep: new CounterEndpoint(host, port, secret, tls) });
   }
   for (const [i, { proc, ep }] of nodes.entries()) {
     proc.env = {
@@ -363,7 +375,7 @@ async function startDirectMesh(root: string, secret: string, n: number, nodeArgs
   }, nodeArgs('coordinator'));
   const all = [coordinator, ...nodes.map((x) => x.proc)];
   const handle: MeshHandle = {
-    url: `http://${coordHost}:${coordPort}`,
+    url: `${tls ? 'https' : 'http'}://${coordHost}:${coordPort}`,
     counters: nodes.map((x) => x.ep),
     procs: all.map((p) => ({ name: p.name, pid: () => p.pid, startedAt: () => p.startedAt, stop: (s) => p.kill(s) })),
     compactions: () =>
@@ -383,8 +395,8 @@ async function startDirectMesh(root: string, secret: string, n: number, nodeArgs
   try {
     for (const x of nodes) x.proc.start();
     coordinator.start();
-    await waitFor(async () => (await fetch(`${handle.url}/health`)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
-    await waitMeshFormed(handle.url, handle.counters);
+    await waitFor(async () => (await get(`${handle.url}/health`, tls)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
+    await waitMeshFormed(handle.url, handle.counters, 30_000, tls);
     return handle;
   } catch (err) {
     await handle.close();
@@ -726,7 +738,9 @@ export async function runBench(argv: string[]): Promise<number> {
     const notes: string[] = [];
     say(`${opts.mode} run: ${opts.rounds} round(s) of ${opts.roundS} s, ${opts.connections} connections, ${opts.mesh} mesh, ${fmtInt(opts.items)} items for memory/restart/catch_up`);
 
-    const wantHttp = (['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const).some((f) => opts.only.has(f));
+    const wantTls = opts.only.has('post_single_tls') || opts.only.has('get_count_tls');
+    const wantPlain = (['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const).some((f) => opts.only.has(f));
+    const wantHttp = wantPlain || wantTls;
     if (wantHttp) {
       const ceilingHost = '127.0.0.3';
       const ceiling = new NodeProc('ceiling', CEILING_SCRIPT, { HOST: ceilingHost, PORT: String(await freePort(ceilingHost)) });
@@ -735,33 +749,41 @@ export async function runBench(argv: string[]): Promise<number> {
       const m = await ceiling.waitForLine(/ceiling listening (\d+)/);
       const ceilingUrl = `http://${ceilingHost}:${m[1]}`;
 
-      const mesh = opts.mesh === 'direct' ? await startDirectMesh(path.join(root, 'mesh'), secret, 3, () => opts.nodeArgs) : (await startProxiedMesh(3)).handle;
-      cleanups.push(() => mesh.close());
-      say(`mesh up (${opts.mesh}): coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}; ceiling ${ceilingUrl}`);
+      if (wantPlain) {
+        const mesh = opts.mesh === 'direct' ? await startDirectMesh(path.join(root, 'mesh'), secret, 3, () => opts.nodeArgs) : (await startProxiedMesh(3)).handle;
+        cleanups.push(() => mesh.close());
+        say(`mesh up (${opts.mesh}): coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}; ceiling ${ceilingUrl}`);
 
-      const throughput = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
-      if (opts.only.has('post_single')) figures.post_single = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single'));
-      // the ceiling gets the same query string, which it ignores
-      if (opts.only.has('post_single_quorum')) figures.post_single_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest('?w=quorum'), say, 'post_single_quorum'));
-      if (opts.only.has('post_batch')) figures.post_batch = await postBatch(opts, mesh, say, notes);
-      if (opts.only.has('get_count') || opts.only.has('get_count_quorum')) await waitSettled(mesh.counters, 120_000);
-      if (opts.only.has('get_count')) figures.get_count = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count'));
-      if (opts.only.has('get_count_quorum')) figures.get_count_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest('?r=quorum'), say, 'get_count_quorum'));
-      const held = await Promise.all(mesh.counters.map(async (c) => (await c.status()).items));
-      const rss = mesh.procs.map((p) => {
-        try {
-          return `${p.name} ${mb(rssBytes(p.pid()))}`;
-        } catch {
-          return `${p.name} ?`;
+        const throughput = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
+        if (opts.only.has('post_single')) figures.post_single = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single'));
+        // the ceiling gets the same query string, which it ignores
+        if (opts.only.has('post_single_quorum')) figures.post_single_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest('?w=quorum'), say, 'post_single_quorum'));
+        if (opts.only.has('post_batch')) figures.post_batch = await postBatch(opts, mesh, say, notes);
+        if (opts.only.has('get_count') || opts.only.has('get_count_quorum')) await waitSettled(mesh.counters, 120_000);
+        if (opts.only.has('get_count')) figures.get_count = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count'));
+        if (opts.only.has('get_count_quorum')) figures.get_count_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest('?r=quorum'), say, 'get_count_quorum'));
+        const held = await Promise.all(mesh.counters.map(async (c) => (await c.status()).items));
+        const rss = mesh.procs.map((p) => {
+          try {
+            return `${p.name} ${mb(rssBytes(p.pid()))}`;
+          } catch {
+            return `${p.name} ?`;
+          }
+        });
+        notes.push(`throughput: ${opts.mesh} mesh (coordinator + 3 counters, fsync before ack) and autocannon share ${os.cpus().length} CPUs; post_batch used ${opts.batchConnections} connections`);
+        notes.push(`throughput mesh afterwards: counters hold ${held.map(fmtInt).join(' / ')} items; RSS (no forced GC) ${rss.join(', ')}`);
+        const compactions = mesh.compactions();
+        if (compactions.length > 0) {
+          notes.push(`compactions during the throughput phases (COMPACT_BYTES=${SETTINGS.COMPACT_BYTES}): ${compactions.map(([c, ms]) => `${c} ${fmtInt(ms)} ms`).join(', ')}`);
         }
-      });
-      notes.push(`throughput: ${opts.mesh} mesh (coordinator + 3 counters, fsync before ack) and autocannon share ${os.cpus().length} CPUs; post_batch used ${opts.batchConnections} connections`);
-      notes.push(`throughput mesh afterwards: counters hold ${held.map(fmtInt).join(' / ')} items; RSS (no forced GC) ${rss.join(', ')}`);
-      const compactions = mesh.compactions();
-      if (compactions.length > 0) {
-        notes.push(`compactions during the throughput phases (COMPACT_BYTES=${SETTINGS.COMPACT_BYTES}): ${compactions.map(([c, ms]) => `${c} ${fmtInt(ms)} ms`).join(', ')}`);
+        await mesh.close();
       }
-      await mesh.close();
+      if (wantTls) {
+        const t = await tlsRows(opts, path.join(root, 'mesh-tls'), secret, ceilingUrl, say, cleanups);
+        if (t.post_single_tls) figures.post_single_tls = t.post_single_tls;
+        if (t.get_count_tls) figures.get_count_tls = t.get_count_tls;
+        notes.push('post_single_tls, get_count_tls: a direct mesh with TLS_CERT/TLS_KEY/TLS_CA on every process (EC P-256), autocannon over HTTPS with keep-alive (one handshake per connection); ratio to the plain ceiling of the same rounds');
+      }
       await ceiling.kill('SIGKILL');
     }
     if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes);
@@ -786,6 +808,21 @@ export async function runBench(argv: string[]): Promise<number> {
     for (const c of cleanups.reverse()) await c().catch(() => {});
     fs.rmSync(root, { recursive: true, force: true });
   }
+}
+
+/** post_single and get_count again, over HTTPS to a mesh with TLS on every socket, paired with the same plain ceiling. */
+async function tlsRows(o: Options, root: string, secret: string, ceilingUrl: string, say: Say, cleanups: (() => Promise<void>)[]): Promise<Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'>> {
+  const certs = makeTestCerts();
+  cleanups.push(async () => certs.close());
+  const mesh = await startDirectMesh(root, secret, 3, () => o.nodeArgs, certs.good);
+  cleanups.push(() => mesh.close());
+  say(`TLS mesh up: coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}`);
+  const out: Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'> = {};
+  const row = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
+  if (o.only.has('post_single_tls')) out.post_single_tls = row(await paired(o, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single_tls'));
+  if (o.only.has('get_count_tls')) out.get_count_tls = row(await paired(o, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count_tls'));
+  await mesh.close();
+  return out;
 }
 
 function round3(x: number): number {

@@ -8,6 +8,8 @@ import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { waitFor } from '../../src/shared/wait.ts';
+import { httpsRequest, type SimpleResponse } from '../../test/support/mesh.ts';
+import type { CertSet } from '../../test/support/certs.ts';
 
 export const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
@@ -107,7 +109,13 @@ export interface CounterStatus {
 
 /** A counter reached on its real address (not through a proxy). */
 export class CounterEndpoint {
-  constructor(readonly host: string, readonly port: number, private readonly secret: string) {}
+  /** With `tls`, the counter listens with TLS and is asked over https with that CA. */
+  constructor(readonly host: string, readonly port: number, private readonly secret: string, private readonly tls?: CertSet) {}
+
+  private get(p: string): Promise<SimpleResponse> {
+    if (this.tls) return httpsRequest(`https://${this.address}${p}`, this.tls, { headers: this.headers });
+    return fetch(`http://${this.address}${p}`, { headers: this.headers });
+  }
 
   get address(): string {
     return `${this.host}:${this.port}`;
@@ -118,14 +126,14 @@ export class CounterEndpoint {
   }
 
   async status(): Promise<CounterStatus> {
-    const res = await fetch(`http://${this.address}/status`, { headers: this.headers });
+    const res = await this.get('/status');
     if (!res.ok) throw new Error(`${this.address} /status: ${res.status}`);
     return (await res.json()) as CounterStatus;
   }
 
   async ready(): Promise<boolean> {
     try {
-      const res = await fetch(`http://${this.address}/ready`, { headers: this.headers });
+      const res = await this.get('/ready');
       await res.arrayBuffer();
       return res.ok;
     } catch {
@@ -134,7 +142,7 @@ export class CounterEndpoint {
   }
 
   async count(tenant: string): Promise<number> {
-    const res = await fetch(`http://${this.address}/items/${encodeURIComponent(tenant)}/count`, { headers: this.headers });
+    const res = await this.get(`/items/${encodeURIComponent(tenant)}/count`);
     const body = (await res.json()) as { count?: number };
     if (!res.ok || typeof body.count !== 'number') throw new Error(`${this.address} count: ${res.status}`);
     return body.count;
