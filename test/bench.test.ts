@@ -18,7 +18,7 @@ const SHAPE: Record<string, string[]> = {
   get_count_tls: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   post_single_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   get_count_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
-  memory: ['items', 'tenants', 'rss_bytes_per_item', 'heap_bytes_per_item'],
+  memory: ['items', 'tenants', 'rss_bytes_per_item', 'rss_bytes_per_item_no_gc', 'heap_bytes_per_item'],
   restart: ['items', 'ms'],
   catch_up: ['items', 'ms'],
   partition_heal: ['items_per_side', 'ms'],

@@ -90,7 +90,8 @@ export interface Figures {
   get_count_tls: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   /** get_count with `?r=quorum`: 2 of the 3 counters asked, their tallies compared. */
   get_count_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
-  memory: { items: number; tenants: number; rss_bytes_per_item: number; heap_bytes_per_item: number | null };
+  /** rss_bytes_per_item after a full GC on both readings; _no_gc as read right after the load, as an operator's `ps` would. */
+  memory: { items: number; tenants: number; rss_bytes_per_item: number; rss_bytes_per_item_no_gc: number; heap_bytes_per_item: number | null };
   restart: { items: number; ms: number };
   catch_up: { items: number; ms: number };
   partition_heal: { items_per_side: number; ms: number };
@@ -562,9 +563,12 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     const insp = await Inspector.attach(a.proc);
     let heap: number;
     let rssPerItem: number;
+    let rawPerItem: number;
     let loadMs: number;
     try {
       await sleep(200);
+      // both ways of reading memory: as found (what `ps` shows an operator) and after a full GC
+      const raw0 = rssBytes(a.proc.pid);
       await insp.gc();
       const rss0 = rssBytes(a.proc.pid);
       const mu0 = await insp.memoryUsage();
@@ -578,6 +582,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
       loadMs = performance.now() - t0;
       await waitFor(() => holdsAll(a.ep), 30_000, 'm0 to hold every item');
       await sleep(200);
+      rawPerItem = (rssBytes(a.proc.pid) - raw0) / n;
       await insp.gc();
       const rss1 = rssBytes(a.proc.pid);
       const mu1 = await insp.memoryUsage();
@@ -593,7 +598,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     } finally {
       insp.close();
     }
-    say(`  memory: ${rssPerItem.toFixed(1)} B RSS / item, ${heap.toFixed(1)} B heap / item at ${fmtInt(n)} items (loaded in ${fmtInt(loadMs)} ms)`);
+    say(`  memory: ${rssPerItem.toFixed(1)} B RSS / item after a full GC (${rawPerItem.toFixed(1)} B read without one), ${heap.toFixed(1)} B heap / item at ${fmtInt(n)} items (loaded in ${fmtInt(loadMs)} ms)`);
     const disk = dirBytes(path.join(root, 'm0'));
     notes.push(`disk: ${mb(disk)} in m0's data folder (${(disk / n).toFixed(1)} B / item)`);
 
@@ -611,7 +616,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     say(`  catch_up: ${fmtInt(twoPeersMs)} ms from spawn joining two peers (${fmtInt(onePeerMs)} ms joining one)`);
     notes.push(`catch_up: from spawn of an empty counter until it counts every item, joining two peers that hold them all (one peer: ${fmtInt(onePeerMs)} ms); restart/catch_up include process start (~${fmtInt(emptyStartMs)} ms for an empty counter)`);
     return {
-      memory: { items: n, tenants: TENANTS, rss_bytes_per_item: round1(rssPerItem), heap_bytes_per_item: round1(heap) },
+      memory: { items: n, tenants: TENANTS, rss_bytes_per_item: round1(rssPerItem), rss_bytes_per_item_no_gc: round1(rawPerItem), heap_bytes_per_item: round1(heap) },
       restart: { items: n, ms: Math.round(restartMs) },
       catch_up: { items: n, ms: Math.round(twoPeersMs) },
     };
@@ -663,6 +668,8 @@ const TARGETS: Target[] = [
   { key: 'get_count_quorum.ratio', op: '>=', value: 0.45 },
   { key: 'get_count_quorum.p99_ms', op: '<=', value: 25 },
   { key: 'memory.rss_bytes_per_item', op: '<=', value: 150, atItems: 1_000_000 },
+  // the same bound read as an operator would, without forcing a GC first
+  { key: 'memory.rss_bytes_per_item_no_gc', op: '<=', value: 150, atItems: 1_000_000 },
   { key: 'restart.ms', op: '<=', value: 3000, atItems: 1_000_000 },
   { key: 'catch_up.ms', op: '<=', value: 5000, atItems: 1_000_000 },
   { key: 'partition_heal.ms', op: '<=', value: 2000, atItems: 10_000 },
