@@ -6,7 +6,6 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -14,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { SETTINGS } from '../src/shared/config.ts';
 import { waitFor } from '../src/shared/wait.ts';
+import { freePorts } from './support/ports.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -57,31 +57,6 @@ function run(args: string[], env: Record<string, string> = {}, opts: { entry?: s
   });
 }
 
-function listen(port: number): Promise<net.Server | null> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(null));
-    srv.listen(port, '127.0.0.1', () => resolve(srv));
-  });
-}
-
-/** `n` consecutive free ports on 127.0.0.1 (free when checked; the OS may hand them out later). */
-async function freePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const first = await listen(0);
-    if (!first) continue;
-    const base = (first.address() as net.AddressInfo).port;
-    const held = [first];
-    for (let p = base + 1; p < base + n && p <= 65535; p++) {
-      const s = await listen(p);
-      if (!s) break;
-      held.push(s);
-    }
-    await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
-    if (held.length === n) return base;
-  }
-  throw new Error(`no ${n} consecutive free ports`);
-}
 
 function alive(pid: number): boolean {
   try {

@@ -8,7 +8,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +20,7 @@ import { ConfigError, SETTINGS, coordinatorConfig, counterConfig } from '../src/
 import { Counter } from '../src/counter/counter.ts';
 import { parseAllDocuments } from 'yaml';
 import pino from 'pino';
+import { freePorts } from './support/ports.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -233,29 +233,6 @@ test('the Kubernetes readiness command works over TLS with client certificates a
   }
 });
 
-/** `n` consecutive free ports on 127.0.0.1 (`up` numbers its counters from a base port). */
-async function freePorts(n: number): Promise<number> {
-  const listen = (port: number) =>
-    new Promise<net.Server | null>((resolve) => {
-      const srv = net.createServer();
-      srv.once('error', () => resolve(null));
-      srv.listen(port, '127.0.0.1', () => resolve(srv));
-    });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const first = await listen(0);
-    if (!first) continue;
-    const base = (first.address() as net.AddressInfo).port;
-    const held = [first];
-    for (let p = base + 1; p < base + n && p <= 65535; p++) {
-      const srv = await listen(p);
-      if (!srv) break;
-      held.push(srv);
-    }
-    await Promise.all(held.map((srv) => new Promise((r) => srv.close(r))));
-    if (held.length === n) return base;
-  }
-  throw new Error(`no ${n} consecutive free ports`);
-}
 
 test('the README TLS quick start works as written: its openssl commands, its settings for npm start, its curl commands', async () => {
   const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
