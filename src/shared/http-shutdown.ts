@@ -22,10 +22,11 @@ export interface DrainState {
 export function drainingResponse(state: DrainState): typeof ServerResponse {
   return class DrainingResponse<Request extends IncomingMessage = IncomingMessage> extends ServerResponse<Request> {
     // every response goes through writeHead (end() without it calls it too)
-    override writeHead(statusCode: number, ...rest: unknown[]): this {
+    // fixed arity, no rest parameter: no array per response on the hot path. Node's writeHead
+    // treats (code, headers, undefined) as (code, headers) and (code, undefined, undefined) as (code)
+    override writeHead(statusCode: number, reason?: unknown, headers?: unknown): this {
       if (state.draining && !this.headersSent) this.setHeader('connection', 'close');
-      // the overloads of writeHead cannot be named in a rest parameter; they are passed on as received
-      return (super.writeHead as (code: number, ...args: unknown[]) => this)(statusCode, ...rest);
+      return (super.writeHead as (code: number, a?: unknown, b?: unknown) => this)(statusCode, reason, headers);
     }
   };
 }
