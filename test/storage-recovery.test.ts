@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import * as Y from 'yjs';
 import { parseLog } from '../src/counter/storage/recovery.ts';
-import { appendAll, logFiles, makeDoc, onlyLog, openStore, recordOffset, replay, tempDirs, writeItems } from './support/storage.ts';
+import { appendAll, closedStoreWith, logFiles, makeDoc, onlyLog, openStore, recordOffset, replay, tempDirs, writeItems } from './support/storage.ts';
 
 const dirs = tempDirs('cm-recovery-');
 test.after(() => dirs.removeAll());
@@ -93,11 +93,7 @@ test('parseLog: a bad magic is damage; a prefix of the magic is a torn header on
 
 test('torn tail: a truncated last record is cut off', async () => {
   const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 30);
-  const first = await openStore(dir);
-  await appendAll(first.store, updates);
-  await first.store.close();
+  const { updates } = await closedStoreWith(dir, 30);
 
   const path = onlyLog(dir);
   const full = statSync(path).size;
@@ -121,11 +117,7 @@ test('torn tail: a truncated last record is cut off', async () => {
 
 test('garbage after the last record is cut as a torn tail', async () => {
   const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 20);
-  const first = await openStore(dir);
-  await appendAll(first.store, updates);
-  await first.store.close();
+  const { updates } = await closedStoreWith(dir, 20);
 
   const path = onlyLog(dir);
   const good = statSync(path).size;
@@ -144,11 +136,7 @@ test('garbage after the last record is cut as a torn tail', async () => {
 
 test('middle corruption: log moved aside, surrounding records kept and re-persisted', async () => {
   const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 20);
-  const first = await openStore(dir);
-  await appendAll(first.store, updates);
-  await first.store.close();
+  const { text, updates } = await closedStoreWith(dir, 20);
 
   const path = onlyLog(dir);
   const bytes = readFileSync(path);
@@ -207,11 +195,7 @@ test('an unreadable end of an earlier log is damage: every log is salvaged into 
 
 test('bad magic: log moved aside, appends continue in a new log', async () => {
   const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 5);
-  const first = await openStore(dir);
-  await appendAll(first.store, updates);
-  await first.store.close();
+  const { updates } = await closedStoreWith(dir, 5);
 
   const path = onlyLog(dir);
   const bytes = readFileSync(path);
@@ -266,11 +250,7 @@ test('corrupted snapshot: moved aside, logs still replayed', async () => {
 
 test('interrupted compaction leftovers: tmp snapshot removed, old logs replayed', async () => {
   const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 10);
-  const first = await openStore(dir);
-  await appendAll(first.store, updates);
-  await first.store.close();
+  const { text, updates } = await closedStoreWith(dir, 10);
   writeFileSync(join(dir, 'snapshot.ydoc.tmp'), Buffer.from('CMSNAP01half'));
   // A crash during rotation can leave the next log with a partial header.
   const seq = Number(/log-(\d+)/.exec(onlyLog(dir))?.[1]);

@@ -48,6 +48,19 @@ export async function appendAll(store: LogStore, updates: Uint8Array[]): Promise
   for (const u of updates) await store.append(u);
 }
 
+/**
+ * A store in `dir` that took `n` items (one update each) and was closed again: where the recovery
+ * tests start before they damage its files. Returns the doc's text and the updates appended.
+ */
+export async function closedStoreWith(dir: string, n: number): Promise<{ text: Y.Text; updates: Uint8Array[] }> {
+  const { text, updates } = makeDoc();
+  writeItems(text, 0, n);
+  const first = await openStore(dir);
+  await appendAll(first.store, updates);
+  await first.store.close();
+  return { text, updates };
+}
+
 /** The text a fresh doc holds after replaying what a store recovered. */
 export function replay(recovered: Recovered): string {
   const doc = new Y.Doc();
