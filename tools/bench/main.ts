@@ -27,6 +27,7 @@ import type { Item } from '../../src/protocol/messages.ts';
 import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitSettled } from './procs.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
+import { runIfScript } from '../script.ts';
 
 const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
 
@@ -909,15 +910,4 @@ async function compareMeshes(o: Options, root: string, secret: string, say: Say,
   return 0;
 }
 
-// Run as a script (`npm run bench -- ...`), not when imported by the tests.
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  runBench(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err: Error) => {
-      process.stderr.write(`${err.stack ?? err.message}\n`);
-      process.exitCode = 2;
-    },
-  );
-}
+runIfScript(import.meta.url, runBench);

@@ -3,9 +3,9 @@
  * counters are SIGKILLed and links cut on a seeded schedule, then heal, converge and check that no
  * acknowledged item was lost, nothing was invented and all counters agree. Exit 0 only if so.
  */
-import { fileURLToPath } from 'node:url';
 import { chaos, type ChaosOptions, type ChaosReport } from './run.ts';
 import { parseLevel } from '../../src/shared/levels.ts';
+import { runIfScript } from '../script.ts';
 
 export const CHAOS_HELP = `Usage: npm run chaos -- [options]
 
@@ -227,15 +227,4 @@ export async function runChaos(argv: string[]): Promise<number> {
   }
 }
 
-// Run as a script (`npm run chaos -- ...`), not when imported by the tests.
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  runChaos(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err: Error) => {
-      process.stderr.write(`${err.stack ?? err.message}\n`);
-      process.exitCode = 2;
-    },
-  );
-}
+runIfScript(import.meta.url, runChaos);
