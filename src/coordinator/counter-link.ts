@@ -1,11 +1,11 @@
 /**
  * The coordinator's persistent WebSocket to one counter: requests with ids, replies matched back,
- * timeouts, and the counter's last Status.
+ * timeouts, the counter's last Status, and the counts of the tenants it watches on the counter.
  */
 import type { Logger } from 'pino';
 import { Dialer } from '../protocol/dialer.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
-import { MessageType, ProtocolError, ReplyStatus, writeAdd, writeCount, writeHello, writeTally, type Item, type Message, type Status } from '../protocol/messages.ts';
+import { MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeAdd, writeHello, writeTally, writeUnwatch, writeWatch, type Item, type Message, type Status } from '../protocol/messages.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { CoordinatorConfig } from '../shared/config.ts';
@@ -33,7 +33,7 @@ const COALESCE_MAX_ITEMS = 4096;
  * round trip (fsync included), so each transaction, fsync and gossip message carries many items
  * instead of a few. Two, not one, so the counter applies the next batch while the last one syncs.
  */
-const MAX_ADDS_IN_FLIGHT = 2;
+const MAX_ADDS_IN_FLIGHT = 8;
 
 interface QueuedAdd {
   items: readonly Item[];
@@ -42,6 +42,12 @@ interface QueuedAdd {
   resolve: (n: number) => void;
   reject: (err: Error) => void;
 }
+
+/**
+ * Tenants whose counts a link keeps (pushed by the counter as they change). Past it the oldest
+ * is unwatched; well below the counter's per-session limit (MAX_WATCHED_PER_SESSION).
+ */
+export const MAX_WATCHED_TENANTS = 16_384;
 
 /** A counter's count of a tenant with the digest of the tenant's ids (see `IdIndex.digest`). */
 export interface Tally {
@@ -54,6 +60,8 @@ interface Pending {
   resolve: (value: number, digest: number) => void;
   reject: (err: Error) => void;
   deadline: number;
+  /** Set for a Watch: the tenant whose count the answer starts keeping. */
+  watch?: string;
 }
 
 /** Two length prefixes and at most 3 UTF-8 bytes per UTF-16 unit: never less than the frame needs. */
@@ -75,6 +83,13 @@ export class CounterLink implements Receiver {
   private addQueue: QueuedAdd[] = [];
   private addsInFlight = 0;
   private flushScheduled = false;
+  /**
+   * Counts of watched tenants, as the counter last pushed them (oldest watch first). Valid while
+   * this socket is: cleared when it closes, since the counter's watches end with it.
+   */
+  private readonly watched = new Map<string, number>();
+  /** Watches sent and not answered yet, so concurrent reads of a tenant share one. */
+  private readonly watching = new Map<string, Promise<number>>();
   /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
   private suspect = false;
 
@@ -177,8 +192,36 @@ export class CounterLink implements Receiver {
     return this.addQueue.splice(0, n);
   }
 
+  /**
+   * The tenant's count as the counter last pushed it, when this link watches the tenant: as fresh
+   * as a Count's answer (see CountWatches), without the round trip. Undefined otherwise.
+   */
+  knownCount(tenant: string): number | undefined {
+    return this.watched.get(tenant);
+  }
+
+  /** Asks the counter for the tenant's count and to push it from now on (a Watch). */
   count(tenant: string): Promise<number> {
-    return this.request((reqId) => writeCount(reqId, tenant));
+    const known = this.watched.get(tenant);
+    if (known !== undefined) return Promise.resolve(known);
+    let p = this.watching.get(tenant);
+    if (!p) {
+      p = this.request((reqId) => writeWatch(reqId, tenant), false, tenant);
+      this.watching.set(tenant, p);
+      const done = () => this.watching.delete(tenant);
+      p.then(done, done);
+    }
+    return p;
+  }
+
+  /** Keeps the count the counter answered a Watch with, unwatching the oldest tenant when full. */
+  private startWatching(tenant: string, count: number): void {
+    if (!this.watched.has(tenant) && this.watched.size >= MAX_WATCHED_TENANTS) {
+      const oldest = this.watched.keys().next().value as string;
+      this.watched.delete(oldest);
+      this.sock?.send(writeUnwatch([oldest]));
+    }
+    this.watched.set(tenant, count);
   }
 
   /** Count and digest of a tenant, after the counter pulled from the peers with ids `pullFrom` (read repair). */
@@ -199,12 +242,12 @@ export class CounterLink implements Receiver {
     this.failAll('coordinator shutting down');
   }
 
-  private request(frame: (reqId: number) => Uint8Array, now = false): Promise<number> {
+  private request(frame: (reqId: number) => Uint8Array, now = false, watch?: string): Promise<number> {
     const sock = this.sock;
     if (!sock?.open) return Promise.reject(new CounterUnavailableError(`counter ${this.address} is not connected`));
     const reqId = this.takeReqId();
     return new Promise<number>((resolve, reject) => {
-      this.pending.set(reqId, { resolve, reject, deadline: this.clock.now() + this.config.counterTimeoutMs });
+      this.pending.set(reqId, { resolve, reject, deadline: this.clock.now() + this.config.counterTimeoutMs, watch });
       if (now) sock.sendNow(frame(reqId));
       else sock.send(frame(reqId));
     });
@@ -235,12 +278,17 @@ export class CounterLink implements Receiver {
   private attach(wire: Wire): void {
     const sock = new MeshSocket(wire, this.address, this, { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock });
     this.sock = sock;
+    this.watched.clear();
     this.suspect = false;
     sock.send(writeHello({ role: 'coordinator', nodeId: this.config.id, address: '' }));
   }
 
   onClose(sock: MeshSocket): void {
-    if (this.sock === sock) this.sock = null;
+    if (this.sock === sock) {
+      this.sock = null;
+      // the counter's watches ended with the connection: these counts would go stale
+      this.watched.clear();
+    }
     this.failAll(`connection to counter ${this.id} closed`);
     this.onStatus(this);
   }
@@ -262,12 +310,19 @@ export class CounterLink implements Receiver {
         const p = this.pending.get(msg.reqId);
         if (!p) return; // answered after its timeout
         this.pending.delete(msg.reqId);
+        if (p.watch !== undefined && msg.status === ReplyStatus.Ok && msg.message !== NOT_WATCHED) this.startWatching(p.watch, msg.value);
         // no digest in a Reply: NaN equals nothing, so a quorum read would not take it for agreement
         if (msg.status === ReplyStatus.Ok) p.resolve(msg.value, Number.NaN);
         else if (msg.status === ReplyStatus.BadRequest) p.reject(new CounterRejectedError(msg.message));
         else p.reject(new CounterUnavailableError(`counter ${this.id}: ${msg.message}`));
         return;
       }
+      case MessageType.Counts:
+        for (const { tenant, count } of msg.counts) {
+          // a tenant unwatched a moment ago may still be pushed once: only watched ones are kept
+          if (this.watched.has(tenant)) this.watched.set(tenant, count);
+        }
+        return;
       case MessageType.Tallied: {
         const p = this.pending.get(msg.reqId);
         if (!p) return;

@@ -110,6 +110,7 @@ export class Counter implements CounterApi {
     };
     this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock);
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }), runtime.clock);
+    this.gset.onCounted = this.sessions.watches.counted;
   }
 
   /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens on COUNTER_PORT. */

@@ -42,6 +42,8 @@ export class GSet {
   private target: Y.Text | null = null;
   private targetClient = -1;
   private malformed = 0;
+  /** Told of every tenant whose count grew, once per new item (the coordinators' count watches). */
+  onCounted: ((tenant: string) => void) | null = null;
   /** The updates of the call in progress (add, apply); null outside one. */
   private captured: Uint8Array[] | null = null;
 
@@ -190,7 +192,10 @@ export class GSet {
           text += s.content.str;
         }
       }
-      const used = decodeRecords(text, (tenant, id) => this.index.add(tenant, id));
+      const counted = this.onCounted;
+      const used = decodeRecords(text, (tenant, id) => {
+        if (this.index.add(tenant, id) && counted) counted(tenant);
+      });
       if (used < text.length) {
         this.malformed++;
         this.log.warn({ client, dropped: text.length - used }, 'ignored malformed records in an update');

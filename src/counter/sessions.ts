@@ -1,9 +1,11 @@
 /**
- * Coordinator connections on a counter: Add and Count requests, and Status pushed on change and
- * every heartbeat so the coordinator knows who is ready and what the mesh looks like.
+ * Coordinator connections on a counter: Add, Count, Tally and Watch requests, Status pushed on
+ * change and every heartbeat so the coordinator knows who is ready and what the mesh looks like,
+ * and the counts of watched tenants pushed as they change (see CountWatches).
  */
 import type { Logger } from 'pino';
-import { CloseCode, MessageType, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
+import { CloseCode, MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
+import { CountWatches } from './count-watches.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { isValidItem } from './records.ts';
@@ -31,6 +33,8 @@ export class CoordinatorSessions {
   /** Adds taken whose reply is not sent yet: a stopping counter answers them before it closes. */
   private unanswered = 0;
   private readonly answeredWaiters = new Set<() => void>();
+  /** Feed it every tenant whose count grew (GSet.onCounted). */
+  readonly watches: CountWatches;
 
   constructor(
     private readonly counter: CounterApi,
@@ -39,11 +43,18 @@ export class CoordinatorSessions {
     private readonly clock: Clock,
   ) {
     this.timer = clock.setInterval(() => this.pushStatus(), heartbeatMs);
+    this.watches = new CountWatches((tenant) => counter.count(tenant), clock);
   }
 
   /** Takes over an accepted socket whose first message was a coordinator Hello. */
   adopt(sock: MeshSocket): void {
-    sock.handOff({ onMessage: (msg) => this.onMessage(sock, msg), onClose: () => this.socks.delete(sock) });
+    sock.handOff({
+      onMessage: (msg) => this.onMessage(sock, msg),
+      onClose: () => {
+        this.socks.delete(sock);
+        this.watches.drop(sock);
+      },
+    });
     this.socks.add(sock);
     sock.send(writeHello({ role: 'peer', nodeId: this.counter.id, address: this.counter.address }));
     sock.send(writeStatus(this.counter.status()));
@@ -109,6 +120,8 @@ export class CoordinatorSessions {
         this.counter.add(items).then(
           // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
           () => {
+            // the counts these items changed reach the coordinator before the acknowledgment
+            this.watches.flushBefore(sock);
             sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length));
             this.answered();
           },
@@ -120,11 +133,20 @@ export class CoordinatorSessions {
         return;
       }
       case MessageType.Count:
+      case MessageType.Watch:
         if (!this.counter.ready) {
           sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
           return;
         }
+        // a session over its watch limit gets the count, marked as not watched
+        if (msg.type === MessageType.Watch && !this.watches.watch(sock, msg.tenant)) {
+          sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant), NOT_WATCHED));
+          return;
+        }
         sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
+        return;
+      case MessageType.Unwatch:
+        this.watches.unwatch(sock, msg.tenants);
         return;
       case MessageType.Tally: {
         const { reqId, tenant, pullFrom } = msg;

@@ -29,6 +29,15 @@ export const MessageType = {
   Tally: 7,
   /** Counter → coordinator: answer to Tally (a failed Tally is answered with Reply). */
   Tallied: 8,
+  /**
+   * Coordinator → counter: count one tenant (answered with Reply, like Count) and from then on
+   * push the tenant's count in Counts whenever it changes, until Unwatch or the connection ends.
+   */
+  Watch: 9,
+  /** Counter → coordinator: new counts of watched tenants. */
+  Counts: 10,
+  /** Coordinator → counter: stop pushing these tenants' counts. */
+  Unwatch: 11,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -91,7 +100,15 @@ export type Message =
   | { type: typeof MessageType.Reply; reqId: number; status: ReplyStatusNumber; value: number; message: string }
   | { type: typeof MessageType.Status; status: Status }
   | { type: typeof MessageType.Tally; reqId: number; tenant: string; pullFrom: string[] }
-  | { type: typeof MessageType.Tallied; reqId: number; count: number; digest: number };
+  | { type: typeof MessageType.Tallied; reqId: number; count: number; digest: number }
+  | { type: typeof MessageType.Watch; reqId: number; tenant: string }
+  | { type: typeof MessageType.Counts; counts: TenantCount[] }
+  | { type: typeof MessageType.Unwatch; tenants: string[] };
+
+export interface TenantCount {
+  tenant: string;
+  count: number;
+}
 
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
@@ -174,6 +191,33 @@ export function writeTallied(reqId: number, count: number, digest: number): Uint
   });
 }
 
+/** The reply message of a Watch answered with the count but not watched (the session watches too many tenants). */
+export const NOT_WATCHED = 'not watched';
+
+export function writeWatch(reqId: number, tenant: string): Uint8Array {
+  return frame(MessageType.Watch, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarString(e, tenant);
+  });
+}
+
+export function writeCounts(counts: readonly TenantCount[]): Uint8Array {
+  return frame(MessageType.Counts, (e) => {
+    encoding.writeVarUint(e, counts.length);
+    for (const c of counts) {
+      encoding.writeVarString(e, c.tenant);
+      encoding.writeVarUint(e, c.count);
+    }
+  });
+}
+
+export function writeUnwatch(tenants: readonly string[]): Uint8Array {
+  return frame(MessageType.Unwatch, (e) => {
+    encoding.writeVarUint(e, tenants.length);
+    for (const t of tenants) encoding.writeVarString(e, t);
+  });
+}
+
 export { MAX_WIRE_FIELD_CHARS };
 
 function readBoundedString(d: decoding.Decoder, what: string, max = MAX_WIRE_FIELD_CHARS): string {
@@ -204,6 +248,13 @@ function parseStatus(json: string): Status {
     throw new ProtocolError('malformed status');
   }
   return o as Status;
+}
+
+/** A list length no bigger than the bytes left could hold (entries of at least one byte each). */
+function readListLength(d: decoding.Decoder, what: string): number {
+  const n = decoding.readVarUint(d);
+  if (n > d.arr.length - d.pos) throw new ProtocolError(`${what} claims ${n} entries`);
+  return n;
 }
 
 /**
@@ -259,6 +310,23 @@ export function readMessage(data: Uint8Array): Message {
     case MessageType.Tallied:
       msg = { type, reqId: decoding.readVarUint(d), count: decoding.readVarUint(d), digest: decoding.readVarUint(d) };
       break;
+    case MessageType.Watch:
+      msg = { type, reqId: decoding.readVarUint(d), tenant: readBoundedString(d, 'tenant') };
+      break;
+    case MessageType.Counts: {
+      const n = readListLength(d, 'counts');
+      const counts: TenantCount[] = new Array(n);
+      for (let i = 0; i < n; i++) counts[i] = { tenant: readBoundedString(d, 'tenant'), count: decoding.readVarUint(d) };
+      msg = { type, counts };
+      break;
+    }
+    case MessageType.Unwatch: {
+      const n = readListLength(d, 'unwatch');
+      const tenants: string[] = new Array(n);
+      for (let i = 0; i < n; i++) tenants[i] = readBoundedString(d, 'tenant');
+      msg = { type, tenants };
+      break;
+    }
     default:
       throw new ProtocolError(`unknown message type ${type}`);
   }

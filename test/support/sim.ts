@@ -311,11 +311,13 @@ export function runSeed(): number {
 
 /** Runs a seeded test body; a failure names the seed and how to replay it. */
 export async function withSeed(name: string, body: (seed: number, rng: Rng) => Promise<void>, seed = runSeed()): Promise<void> {
+  // the test file that called us, for the replay command
+  const file = /\/test\/([\w.-]+)\.test\.ts/.exec(new Error().stack ?? '')?.[1] ?? '';
   try {
     await body(seed, mulberry32(seed));
   } catch (err) {
     const e = err as Error;
-    e.message = `${e.message}\n  [${name}] seed ${seed}: replay with SEED=${seed} npx uvu -r tsx test memory-mesh`;
+    e.message = `${e.message}\n  [${name}] seed ${seed}: replay with SEED=${seed} npx uvu -r tsx test ${file}`;
     throw e;
   }
 }

@@ -24,7 +24,7 @@ import { makeTestCerts, type CertSet } from '../../test/support/certs.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
-import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitSettled } from './procs.ts';
+import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
 import { runIfScript } from '../script.ts';
@@ -447,8 +447,11 @@ interface Paired {
   rounds: Round[];
 }
 
+/** The longest wait for a quiet machine before a throughput round. */
+const QUIET_TIMEOUT_MS = 30_000;
+
 /** Alternates ceiling and mesh rounds (order flipped every round); medians of each. */
-async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: () => autocannon.Request, say: Say, what: string): Promise<Paired> {
+async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: () => autocannon.Request, say: Say, what: string, pids: () => number[]): Promise<Paired> {
   await drive(ceilingUrl, o.connections, o.warmupS, request());
   await drive(meshUrl, o.connections, o.warmupS, request());
   const mesh: Round[] = [];
@@ -456,6 +459,8 @@ async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: 
   for (let r = 0; r < o.rounds; r++) {
     const order: ['mesh' | 'ceiling', string][] = r % 2 === 0 ? [['ceiling', ceilingUrl], ['mesh', meshUrl]] : [['mesh', meshUrl], ['ceiling', ceilingUrl]];
     for (const [which, url] of order) {
+      const waited = await waitQuiet(pids(), QUIET_TIMEOUT_MS);
+      if (waited >= QUIET_TIMEOUT_MS) say(`  (the processes were still busy after ${QUIET_TIMEOUT_MS / 1000} s; round started anyway)`);
       const res = await drive(url, o.connections, o.roundS, request());
       (which === 'mesh' ? mesh : ceiling).push(res);
       say(`  ${what} round ${r + 1} ${which.padEnd(7)} ${fmtInt(res.rps)} req/s  p50 ${res.p50} ms  p99 ${res.p99} ms  driver ${res.driverCores.toFixed(2)} cores${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
@@ -760,16 +765,17 @@ export async function runBench(argv: string[]): Promise<number> {
       if (wantPlain) {
         const mesh = opts.mesh === 'direct' ? await startDirectMesh(path.join(root, 'mesh'), secret, 3, () => opts.nodeArgs) : (await startProxiedMesh(3)).handle;
         cleanups.push(() => mesh.close());
+        const pids = () => [ceiling.pid, ...mesh.procs.map((p) => p.pid())];
         say(`mesh up (${opts.mesh}): coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}; ceiling ${ceilingUrl}`);
 
         const throughput = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
-        if (opts.only.has('post_single')) figures.post_single = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single'));
+        if (opts.only.has('post_single')) figures.post_single = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single', pids));
         // the ceiling gets the same query string, which it ignores
-        if (opts.only.has('post_single_quorum')) figures.post_single_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest('?w=quorum'), say, 'post_single_quorum'));
+        if (opts.only.has('post_single_quorum')) figures.post_single_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => postSingleRequest('?w=quorum'), say, 'post_single_quorum', pids));
         if (opts.only.has('post_batch')) figures.post_batch = await postBatch(opts, mesh, say, notes);
         if (opts.only.has('get_count') || opts.only.has('get_count_quorum')) await waitSettled(mesh.counters, 120_000);
-        if (opts.only.has('get_count')) figures.get_count = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count'));
-        if (opts.only.has('get_count_quorum')) figures.get_count_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest('?r=quorum'), say, 'get_count_quorum'));
+        if (opts.only.has('get_count')) figures.get_count = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count', pids));
+        if (opts.only.has('get_count_quorum')) figures.get_count_quorum = throughput(await paired(opts, mesh.url, ceilingUrl, () => getCountRequest('?r=quorum'), say, 'get_count_quorum', pids));
         const held = await Promise.all(mesh.counters.map(async (c) => (await c.status()).items));
         const rss = mesh.procs.map((p) => {
           try {
@@ -787,7 +793,7 @@ export async function runBench(argv: string[]): Promise<number> {
         await mesh.close();
       }
       if (wantTls) {
-        const t = await tlsRows(opts, path.join(root, 'mesh-tls'), secret, ceilingUrl, say, cleanups);
+        const t = await tlsRows(opts, path.join(root, 'mesh-tls'), secret, ceilingUrl, ceiling.pid, say, cleanups);
         if (t.post_single_tls) figures.post_single_tls = t.post_single_tls;
         if (t.get_count_tls) figures.get_count_tls = t.get_count_tls;
         notes.push('post_single_tls, get_count_tls: a direct mesh with TLS_CERT/TLS_KEY/TLS_CA on every process (EC P-256), autocannon over HTTPS with keep-alive (one handshake per connection); ratio to the plain ceiling of the same rounds');
@@ -819,16 +825,17 @@ export async function runBench(argv: string[]): Promise<number> {
 }
 
 /** post_single and get_count again, over HTTPS to a mesh with TLS on every socket, paired with the same plain ceiling. */
-async function tlsRows(o: Options, root: string, secret: string, ceilingUrl: string, say: Say, cleanups: (() => Promise<void>)[]): Promise<Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'>> {
+async function tlsRows(o: Options, root: string, secret: string, ceilingUrl: string, ceilingPid: number, say: Say, cleanups: (() => Promise<void>)[]): Promise<Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'>> {
   const certs = makeTestCerts();
   cleanups.push(async () => certs.close());
   const mesh = await startDirectMesh(root, secret, 3, () => o.nodeArgs, certs.good);
   cleanups.push(() => mesh.close());
+  const pids = () => [ceilingPid, ...mesh.procs.map((p) => p.pid())];
   say(`TLS mesh up: coordinator ${mesh.url}, counters ${mesh.counters.map((c) => c.address).join(', ')}`);
   const out: Pick<Partial<Figures>, 'post_single_tls' | 'get_count_tls'> = {};
   const row = (p: Paired) => ({ rps: Math.round(p.mesh.rps), p50_ms: p.mesh.p50, p99_ms: p.mesh.p99, ceiling_rps: Math.round(p.ceiling.rps), ratio: round3(p.mesh.rps / p.ceiling.rps) });
-  if (o.only.has('post_single_tls')) out.post_single_tls = row(await paired(o, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single_tls'));
-  if (o.only.has('get_count_tls')) out.get_count_tls = row(await paired(o, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count_tls'));
+  if (o.only.has('post_single_tls')) out.post_single_tls = row(await paired(o, mesh.url, ceilingUrl, () => postSingleRequest(), say, 'post_single_tls', pids));
+  if (o.only.has('get_count_tls')) out.get_count_tls = row(await paired(o, mesh.url, ceilingUrl, () => getCountRequest(), say, 'get_count_tls', pids));
   await mesh.close();
   return out;
 }

@@ -184,6 +184,36 @@ export async function waitSettled(counters: readonly CounterEndpoint[], timeoutM
   }
 }
 
+/** CPU time (user + system) a process has used, in seconds; 0 once it is gone. */
+function cpuSeconds(pid: number): number {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return 0;
+  }
+  // fields after the command name (which may hold spaces): utime and stime are the 12th and 13th
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S;
+}
+const CLOCK_TICKS_PER_S = 100;
+
+/**
+ * Waits until the processes together use less than `maxCores` over a `windowMs` window (at most
+ * `timeoutMs`) and returns how long that took. Every throughput round starts on a quiet machine:
+ * without it, the mesh's backlog from its own round (gossip, fsyncs, compaction, GC) ran during
+ * the next ceiling round and lowered the ceiling.
+ */
+export async function waitQuiet(pids: readonly number[], timeoutMs: number, maxCores = 0.1, windowMs = 300): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    const before = pids.reduce((s, pid) => s + cpuSeconds(pid), 0);
+    await sleep(windowMs);
+    const used = pids.reduce((s, pid) => s + cpuSeconds(pid), 0) - before;
+    if (used / (windowMs / 1000) < maxCores || performance.now() - t0 > timeoutMs) return performance.now() - t0;
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
