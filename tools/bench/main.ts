@@ -45,6 +45,9 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
   --mesh direct|proxied|compare  direct (default): processes talk to each other straight; proxied:
                        every connection to a counter goes through its FaultProxy (examples/lib/mesh.ts);
                        compare: both meshes at once, alternating rounds, throughput only (no JSON)
+  --ab KEY=VALUE       two direct meshes, the second started with that setting (e.g. METRICS=off),
+                       alternating rounds of post_single, post_batch and get_count (or --only), throughput
+                       only (no JSON): the cost of a setting, measured in the same minutes
   --only LIST          run only these figures, e.g. --only post_single,get_count (post_single_tls and
                        get_count_tls: the same over HTTPS to a mesh with TLS on every socket,
                        certificates made with openssl; ratio to the same plain ceiling)
@@ -72,6 +75,8 @@ interface Options {
   batchConnections: number;
   batch: number;
   mesh: 'direct' | 'proxied' | 'compare';
+  /** --ab KEY=VALUE: the setting the second mesh of a comparison starts with. */
+  ab: [string, string] | null;
   only: Set<Figure>;
   profileDir: string | null;
   profileRoute: 'post_single' | 'post_batch' | 'get_count';
@@ -115,6 +120,7 @@ function parseArgs(argv: string[]): Options | null {
     batchConnections: 10,
     batch: 1000,
     mesh: 'direct',
+    ab: null,
     only: new Set(FIGURES),
     profileDir: null,
     profileRoute: 'post_single',
@@ -168,6 +174,12 @@ function parseArgs(argv: string[]): Options | null {
         const v = value();
         if (v !== 'direct' && v !== 'proxied' && v !== 'compare') throw new UsageError('--mesh is direct, proxied or compare');
         o.mesh = v;
+        break;
+      }
+      case '--ab': {
+        const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(value());
+        if (!m) throw new UsageError('--ab takes KEY=VALUE, e.g. --ab METRICS=off');
+        o.ab = [m[1]!, m[2]!];
         break;
       }
       case '--only': {
@@ -347,8 +359,8 @@ async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutM
  * Coordinator and counters talking to each other directly (no proxies): counter i on
  * 127.0.0.(10+i), the coordinator on 127.0.0.2, PEERS/COUNTERS set to the real addresses.
  */
-async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => [], tls?: CertSet): Promise<MeshHandle> {
-  const base = { ...productEnv(), CLUSTER_SECRET: secret, ...(tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {}) };
+async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => [], tls?: CertSet, env: Record<string, string> = {}): Promise<MeshHandle> {
+  const base = { ...productEnv(), CLUSTER_SECRET: secret, ...(tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {}), ...env };
   const nodes: { proc: NodeProc; ep: CounterEndpoint }[] = [];
   for (let i = 0; i < n; i++) {
     const host = `127.0.0.${10 + i}`;
@@ -745,7 +757,7 @@ export async function runBench(argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal);
   try {
     if (opts.profileDir) return await profileRun(opts, root, secret, say, cleanups);
-    if (opts.mesh === 'compare') return await compareMeshes(opts, root, secret, say, cleanups);
+    if (opts.mesh === 'compare' || opts.ab) return await compareMeshes(opts, root, secret, say, cleanups);
 
     const figures: Partial<Figures> = {};
     const notes: string[] = [];
@@ -880,13 +892,18 @@ async function profileRun(o: Options, root: string, secret: string, say: Say, cl
   return 0;
 }
 
-/** --mesh compare: the direct and the proxied mesh side by side, rounds alternating, medians. */
+/**
+ * --mesh compare: the direct and the proxied mesh side by side; --ab KEY=VALUE: two direct meshes,
+ * the second with that setting (e.g. METRICS=off). Rounds alternate, each on a quiet machine; medians.
+ */
 async function compareMeshes(o: Options, root: string, secret: string, say: Say, cleanups: (() => Promise<void>)[]): Promise<number> {
-  const direct = await startDirectMesh(path.join(root, 'mesh'), secret, 3);
-  cleanups.push(() => direct.close());
-  const proxied = (await startProxiedMesh(3)).handle;
-  cleanups.push(() => proxied.close());
-  const meshes: [string, MeshHandle][] = [['direct', direct], ['proxied', proxied]];
+  const first = await startDirectMesh(path.join(root, 'mesh'), secret, 3);
+  cleanups.push(() => first.close());
+  const second = o.ab ? await startDirectMesh(path.join(root, 'mesh-b'), secret, 3, () => [], undefined, { [o.ab[0]]: o.ab[1] }) : (await startProxiedMesh(3)).handle;
+  cleanups.push(() => second.close());
+  const names: [string, string] = o.ab ? ['default', `${o.ab[0]}=${o.ab[1]}`] : ['direct', 'proxied'];
+  const meshes: [string, MeshHandle][] = [[names[0], first], [names[1], second]];
+  const pids = () => meshes.flatMap(([, m]) => m.procs.map((p) => p.pid()));
   const routes: [string, () => autocannon.Request, number, number][] = [
     ['post_single', () => postSingleRequest(), o.connections, 1],
     ['post_batch', () => postBatchRequest(o.batch), o.batchConnections, o.batch],
@@ -894,26 +911,28 @@ async function compareMeshes(o: Options, root: string, secret: string, say: Say,
   ];
   const lines: string[] = [];
   for (const [route, request, connections, perReq] of routes) {
+    if (!o.only.has(route as Figure)) continue;
     for (const [, m] of meshes) await drive(m.url, connections, o.warmupS, request());
     const res = new Map<string, Round[]>(meshes.map(([n]) => [n, []]));
     for (let r = 0; r < o.rounds; r++) {
       const order = r % 2 === 0 ? meshes : [...meshes].reverse();
       for (const [name, m] of order) {
+        await waitQuiet(pids(), QUIET_TIMEOUT_MS);
         const x = await drive(m.url, connections, o.roundS, request());
         res.get(name)!.push(x);
-        say(`  ${route} round ${r + 1} ${name.padEnd(7)} ${fmtInt(x.rps * perReq)} ${perReq > 1 ? 'items' : 'req'}/s  p50 ${x.p50} ms  p99 ${x.p99} ms`);
+        say(`  ${route} round ${r + 1} ${name.padEnd(12)} ${fmtInt(x.rps * perReq)} ${perReq > 1 ? 'items' : 'req'}/s  p50 ${x.p50} ms  p99 ${x.p99} ms`);
       }
     }
-    const d = res.get('direct')!;
-    const p = res.get('proxied')!;
-    const md = median(d.map((x) => x.rps)) * perReq;
-    const mp = median(p.map((x) => x.rps)) * perReq;
+    const a = res.get(names[0])!;
+    const b = res.get(names[1])!;
+    const ma = median(a.map((x) => x.rps)) * perReq;
+    const mb = median(b.map((x) => x.rps)) * perReq;
     lines.push(
-      `${route.padEnd(12)} direct ${fmtInt(md).padStart(9)}/s p99 ${String(median(d.map((x) => x.p99))).padStart(4)} ms   ` +
-        `proxied ${fmtInt(mp).padStart(9)}/s p99 ${String(median(p.map((x) => x.p99))).padStart(4)} ms   proxied/direct ${(mp / md).toFixed(2)}`,
+      `${route.padEnd(12)} ${names[0]} ${fmtInt(ma).padStart(9)}/s p99 ${String(median(a.map((x) => x.p99))).padStart(4)} ms   ` +
+        `${names[1]} ${fmtInt(mb).padStart(9)}/s p99 ${String(median(b.map((x) => x.p99))).padStart(4)} ms   ${names[1]}/${names[0]} ${(mb / ma).toFixed(3)}`,
     );
   }
-  process.stdout.write(`\ndirect vs proxied mesh (medians of ${o.rounds} alternating rounds of ${o.roundS} s):\n${lines.join('\n')}\n`);
+  process.stdout.write(`\n${names[0]} vs ${names[1]} mesh (medians of ${o.rounds} alternating rounds of ${o.roundS} s):\n${lines.join('\n')}\n`);
   return 0;
 }
 
