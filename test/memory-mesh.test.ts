@@ -131,6 +131,30 @@ test('counter link batching: the adds of one turn leave as one Add frame; later 
     }
   }));
 
+test('a restarting counter replays its log in steps, not ready and saying how far it got, refusing mesh connections until loaded', () =>
+  withSeed('replay-steps', async (seed, rng) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 2, coordinators: 1, replayStepBytes: 512 });
+    try {
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'both counters ready');
+      assert.is(await writeLoad(mesh, rng, 40, 5, 'rs'), 40);
+      await mesh.until(() => mesh.converged(), 5_000, 'converged before the crash');
+      await mesh.crashCounter(1);
+      const partway: string[] = [];
+      let readyWhileLoading = false;
+      await mesh.startCounter(1, (c) => {
+        const m = /^counter is loading DATA_DIR: \d+% replayed \((\d+) of (\d+) bytes\)$/.exec(c.notReadyReason());
+        if (m && Number(m[1]) > 0 && Number(m[1]) < Number(m[2])) partway.push(m[0]);
+        if (c.ready) readyWhileLoading = true;
+      });
+      assert.ok(partway.length > 0, 'seen part-way through its replay');
+      assert.not.ok(readyWhileLoading, 'never ready before the log is loaded');
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'the restarted counter serves again');
+      mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
 test('a replayed seed gives the same run', async () => {
   const digests: string[] = [];
   const counts: number[][] = [];

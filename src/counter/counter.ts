@@ -60,7 +60,18 @@ export interface CounterRuntime {
   clientID?: number;
   /** With METRICS=on: what the counter reports to them (none in tests). */
   metrics?: CounterMetrics | null;
+  /** Bytes of DATA_DIR replayed per step before the event loop gets a turn (default REPLAY_STEP_BYTES). */
+  replayStepBytes?: number;
 }
+
+/**
+ * Replay applies the recovered updates in steps of about this many bytes and lets the event loop
+ * run between steps, so /ready and /metrics answer while a large DATA_DIR loads. A snapshot is
+ * one update and one step, however big.
+ */
+const REPLAY_STEP_BYTES = 16 * 1024 * 1024;
+/** Replay and catch-up progress is logged at most this often. */
+const PROGRESS_LOG_MS = 3000;
 
 interface PendingAdd {
   items: Item[];
@@ -83,6 +94,9 @@ export class Counter implements CounterApi {
   /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */
   private persistDebt = false;
   private needsPeerSync = false;
+  /** Set until the recovered state is applied (see load): bytes done of the total. */
+  private replaying: { done: number; total: number } | null = { done: 0, total: 0 };
+  private readonly replayStepBytes: number;
   /** Briefly after start, wait for one peer's state so a restarted counter does not answer stale counts. */
   private catchingUp = false;
   private catchUpTimer: TimerHandle | null = null;
@@ -97,6 +111,7 @@ export class Counter implements CounterApi {
     runtime: CounterRuntime,
     private readonly log: Logger,
   ) {
+    this.replayStepBytes = runtime.replayStepBytes ?? REPLAY_STEP_BYTES;
     this.storage = runtime.log;
     this.lock = runtime.lock;
     this.clock = runtime.clock;
@@ -128,13 +143,15 @@ export class Counter implements CounterApi {
     const counter = new Counter(config, { log: store, lock, transport, clock: systemClock, metrics }, log);
     metrics?.attach(counter, { connectedPeers: () => counter.connectedPeers() });
     try {
-      await counter.recover(recovered);
-      metrics?.replayed((Date.now() - t0) / 1000);
+      // listening while the state loads: /health, /ready (which says how far replay got) and
+      // /metrics answer; mesh connections wait until it is loaded (see accept)
       const app = buildCounterServer({ config, log, counter, acceptMesh: (wire, remote) => counter.accept(wire, remote), metrics });
       counter.app = app;
       await app.listen({ host: config.host, port: config.port });
-      counter.join();
-      log.info({ id: config.id, address: app.server.address(), advertised: config.advertiseAddress, ready: counter.ready }, 'counter listening');
+      log.info({ id: config.id, address: app.server.address(), advertised: config.advertiseAddress }, 'counter listening; loading DATA_DIR');
+      await counter.load(recovered);
+      metrics?.replayed((Date.now() - t0) / 1000);
+      log.info({ id: config.id, ready: counter.ready }, 'counter joined the mesh');
       return counter;
     } catch (err) {
       await counter.close();
@@ -142,18 +159,27 @@ export class Counter implements CounterApi {
     }
   }
 
-  /** A counter on a runtime of the caller's (the in-memory mesh tests): recovers, then joins the mesh. */
-  static async create(config: Readonly<CounterConfig>, runtime: CounterRuntime, recovered: Recovered, log: Logger): Promise<Counter> {
-    const counter = new Counter(config, runtime, log);
-    await counter.recover(recovered);
-    counter.join();
-    return counter;
+  /** A counter on a runtime of the caller's (the in-memory mesh tests), not loaded yet: see `load`. */
+  static create(config: Readonly<CounterConfig>, runtime: CounterRuntime, log: Logger): Counter {
+    return new Counter(config, runtime, log);
+  }
+
+  /** Applies what recovery read from DATA_DIR (not ready meanwhile), then joins the mesh. */
+  async load(recovered: Recovered): Promise<void> {
+    await this.recover(recovered);
+    this.join();
   }
 
   /** Serves an accepted mesh connection: the handshake hands it to a peer or a coordinator session. */
   accept(wire: Wire, remote: string): void {
     if (this.closing) {
       wire.terminate();
+      return;
+    }
+    if (this.replaying) {
+      // peers and coordinators redial; meanwhile nothing changes the state being loaded (a
+      // compaction now would write a snapshot without the updates not replayed yet)
+      wire.close(CloseCode.TryAgainLater, 'loading DATA_DIR');
       return;
     }
     Handshake.accept(
@@ -178,11 +204,15 @@ export class Counter implements CounterApi {
   }
 
   get ready(): boolean {
-    return !this.closing && !this.needsPeerSync && !this.catchingUp;
+    return !this.closing && this.replaying === null && !this.needsPeerSync && !this.catchingUp;
   }
 
   notReadyReason(): string {
     if (this.closing) return 'counter is shutting down';
+    if (this.replaying) {
+      const { done, total } = this.replaying;
+      return `counter is loading DATA_DIR: ${Math.floor((100 * done) / Math.max(1, total))}% replayed (${done} of ${total} bytes)`;
+    }
     if (this.needsPeerSync) return 'counter found damaged data on disk and waits to sync from a peer';
     if (this.catchingUp) return 'counter just started and is catching up from its peers';
     return '';
@@ -323,7 +353,7 @@ export class Counter implements CounterApi {
   private async recover({ snapshot, updates, damaged, tornTail }: Recovered): Promise<void> {
     const t0 = this.clock.now();
     const all = snapshot ? [snapshot, ...updates] : updates;
-    if (all.length > 0) this.gset.applyUpdates(all, STORAGE);
+    await this.replay(all);
     if (damaged.length > 0) {
       this.needsPeerSync = true;
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
@@ -331,6 +361,32 @@ export class Counter implements CounterApi {
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
     if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
     this.log.info({ items: this.gset.size, tenants: this.gset.tenants, ms: this.clock.now() - t0, clientID: this.gset.doc.clientID }, 'state loaded');
+  }
+
+  /** Applies the recovered updates in steps, logging progress; not ready meanwhile. */
+  private async replay(all: readonly Uint8Array[]): Promise<void> {
+    const total = all.reduce((n, u) => n + u.length, 0);
+    const progress = { done: 0, total };
+    this.replaying = progress;
+    const step = this.replayStepBytes;
+    let loggedAt = this.clock.now();
+    if (total > step) this.log.info({ bytes: total, updates: all.length }, 'replaying DATA_DIR');
+    for (let i = 0; i < all.length; ) {
+      let j = i;
+      let bytes = 0;
+      while (j < all.length && (j === i || bytes + all[j]!.length <= step)) bytes += all[j++]!.length;
+      this.gset.applyUpdates(all.slice(i, j), STORAGE);
+      progress.done += bytes;
+      i = j;
+      if (i < all.length) {
+        if (this.clock.now() - loggedAt >= PROGRESS_LOG_MS) {
+          loggedAt = this.clock.now();
+          this.log.info({ done: progress.done, total, items: this.gset.size }, `replaying DATA_DIR: ${Math.floor((100 * progress.done) / total)}%`);
+        }
+        await new Promise<void>((resolve) => this.clock.setImmediate(resolve));
+      }
+    }
+    this.replaying = null;
   }
 
   /** Starts replicating: dial PEERS, wait briefly for one peer's state before serving. */

@@ -57,6 +57,8 @@ export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
   InternalError: 1011,
+  /** The counter is loading DATA_DIR: dial again later. */
+  TryAgainLater: 1013,
   ProtocolError: 4400,
   Unauthorized: 4401,
   SelfConnection: 4409,

@@ -85,6 +85,8 @@ export interface MemoryMeshOptions {
   counters: number;
   coordinators?: number;
   faults?: Partial<NetworkFaults>;
+  /** Counters replay their logs in steps of this many bytes (default: the product's). */
+  replayStepBytes?: number;
 }
 
 export class MemoryMesh {
@@ -127,8 +129,11 @@ export class MemoryMesh {
     return mesh;
   }
 
-  /** Starts (or restarts after a crash) counter `i` from what its log holds. */
-  async startCounter(i: number): Promise<void> {
+  /**
+   * Starts (or restarts after a crash) counter `i` from what its log holds; `observe` sees the
+   * counter after every simulated event until it has loaded.
+   */
+  async startCounter(i: number, observe?: (counter: Counter) => void): Promise<void> {
     const c = this.counters[i]!;
     if (c.counter) throw new Error(`${c.id} is running`);
     const config = counterConfig({
@@ -137,14 +142,29 @@ export class MemoryMesh {
       ADVERTISE_ADDRESS: c.address,
       PEERS: this.counters.filter((o) => o !== c).map((o) => o.address).join(','),
     });
-    const counter = await Counter.create(
+    const counter = Counter.create(
       config,
-      { log: c.log, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31) },
-      c.log.recovered(),
+      { log: c.log, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31), replayStepBytes: this.opts.replayStepBytes },
       this.log.child({ node: c.id }),
     );
     this.net.listen(c.address, c.id, (wire, remote) => counter.accept(wire, remote));
     c.counter = counter;
+    // replay yields between steps on simulated time, so the simulation drives it
+    let loaded = false;
+    let failed: unknown = null;
+    counter.load(c.log.recovered()).then(
+      () => {
+        loaded = true;
+      },
+      (err: unknown) => {
+        failed = err;
+      },
+    );
+    await this.until(() => {
+      observe?.(counter);
+      return loaded || failed !== null;
+    }, 30_000, `${c.id} loaded its log`);
+    if (failed !== null) throw failed;
   }
 
   /** Counter `i` dies at once: connections drop, timers stop; its log keeps what was appended. */
