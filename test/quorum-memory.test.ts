@@ -1,16 +1,35 @@
 /**
  * Quorum writes and reads on the in-memory tier: real counters and coordinator pools over the
- * seeded simulated network, with reads and writes in flight together through two coordinators
- * while counters are partitioned from each other and from a coordinator, and one crashes and
- * restarts. Every answered read must lie between the items acknowledged before it started and
- * the items sent. `SEED=n` replays a run.
+ * seeded simulated network.
+ * - Reads and writes in flight together through two coordinators while counters are partitioned
+ *   from each other and from a coordinator, and one crashes and restarts: every answered read
+ *   lies between the items acknowledged before it started and the items sent.
+ * - A w=2 write is acknowledged only once a peer of the counter that took it has it on disk: at
+ *   the moment of each acknowledgment a peer's fsynced log holds the items, and after that counter
+ *   dies with its log lost and the others lose their power, the others still count every one.
+ * - Peers that cannot acknowledge: 503-worthy NotEnoughReplicasError saying how many did.
+ * `SEED=n` replays a run.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MemoryMesh } from './support/memory-mesh.ts';
+import pino from 'pino';
+import { MemoryLog, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
-import { MessageType, readMessage } from '../src/protocol/messages.ts';
+import { MessageType, readMessage, type Item } from '../src/protocol/messages.ts';
+import { GSet, STORAGE } from '../src/counter/gset.ts';
+
+const silent = pino({ level: 'silent' });
+
+/** How many items of `tenant` counter `c` would hold after a power loss now (its fsynced log only). */
+function countOnDisk(c: SimCounter, tenant: string): number {
+  const gset = new GSet(silent);
+  const { snapshot, updates } = c.log.onDisk();
+  gset.applyUpdates(snapshot ? [snapshot, ...updates] : updates, STORAGE);
+  const n = gset.count(tenant);
+  gset.close();
+  return n;
+}
 
 const TENANTS = ['acme', 'globex'];
 
@@ -95,6 +114,117 @@ test('w=2, r=2 of 3: no read below what was acknowledged before it, under partit
       // every acknowledged item on every counter, nothing never sent, all agreeing
       const holdAll = () => mesh.counters.every((c) => TENANTS.every((t) => (c.counter?.count(t) ?? 0) >= acked.get(t)!));
       await mesh.until(() => mesh.converged() && holdAll(), 20_000, 'counters converge after the heal');
+      mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('w=2: acknowledged only once a peer has the items on disk; the home counter and its log lost, the others still count them', () =>
+  withSeed('quorum-durable', async (seed, rng) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 15 } });
+    try {
+      const pool = mesh.pools[0]!;
+      await mesh.until(() => pool.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
+      await mesh.until(() => mesh.counters.every((c) => c.counter!.connectedPeers() === 2), 10_000, 'the counters are linked to each other');
+      const home = mesh.counters.find((c) => c.id === pool.replicas('t')[0]!.id)!;
+      const others = mesh.counters.filter((c) => c !== home);
+      // the peers' disks are slower than the network: an acknowledgment sent before the fsync would show
+      for (const c of others) c.log.fsyncMs = 40;
+      const replicates = () => mesh.net.sentByType.get(MessageType.Replicate) ?? 0;
+      const before = replicates();
+
+      // the control: a w=one write is acknowledged on the home counter's disk alone
+      const one: Item[] = [{ tenant: 'one', id: 'x' }];
+      await mesh.settle([pool.add(one)]);
+      assert.equal(others.map((c) => countOnDisk(c, 'one')), [0, 0], 'no peer had a w=one write on disk when it was acknowledged');
+
+      // w=2 writes in flight together, one tenant each: at each acknowledgment a peer has it on disk
+      const violations: string[] = [];
+      const writes: Promise<void>[] = [];
+      const acked: Item[][] = [];
+      for (let i = 0; i < 40; i++) {
+        const its = Array.from({ length: 1 + Math.floor(rng() * 3) }, (_, j) => ({ tenant: `w${i}`, id: `i${j}` }));
+        writes.push(
+          writeQuorum(pool.replicas(its[0]!.tenant), its, 2).then(() => {
+            acked.push(its);
+            const onDisk = others.map((c) => countOnDisk(c, its[0]!.tenant));
+            if (!onDisk.includes(its.length)) violations.push(`w${i} acknowledged while its peers had ${onDisk.join(' and ')} of ${its.length} items on disk`);
+          }),
+        );
+        await mesh.run(Math.floor(rng() * 4));
+      }
+      await mesh.settle(writes);
+      assert.equal(violations, []);
+      assert.is(acked.length, 40, 'every w=2 write acknowledged on a healthy mesh');
+      assert.ok(replicates() - before > 0 && replicates() - before <= 2 * 40, `each write replicated once per peer at most (${replicates() - before} Replicates)`);
+
+      // the home counter dies and its log is lost; the others lose what no fsync covered
+      await mesh.crashCounter(home.index);
+      home.log = new MemoryLog(mesh.clock, mesh.rng);
+      for (const c of others) {
+        await mesh.crashCounter(c.index);
+        c.log.powerLoss();
+      }
+      for (const c of others) await mesh.startCounter(c.index);
+      const counted = () => acked.every((its) => others.every((c) => c.counter!.count(its[0]!.tenant) === its.length));
+      await mesh.until(counted, 10_000, 'the surviving counters count every acknowledged item');
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('w=2 with peers that cannot acknowledge: NotEnoughReplicasError saying how many did; the items stay stored; a retry succeeds', () =>
+  withSeed('quorum-short', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 10 } });
+    try {
+      const pool = mesh.pools[0]!;
+      await mesh.until(() => pool.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
+      await mesh.until(() => mesh.counters.every((c) => c.counter!.connectedPeers() === 2), 10_000, 'the counters are linked to each other');
+      const home = mesh.counters.find((c) => c.id === pool.replicas('t')[0]!.id)!;
+      // the mesh's books, for its final compare()
+      mesh.sent.set('t', new Set(['a', 'b']));
+      mesh.sent.set('u', new Set(['z']));
+      mesh.acked.set('t', new Set(['a', 'b']));
+
+      // peers linked but silent: every Durable is lost on the way
+      const carry = mesh.net.carry.bind(mesh.net);
+      let swallowed = 0;
+      mesh.net.carry = (from, frame) => {
+        if (frame[0] === MessageType.Durable) swallowed++;
+        else carry(from, frame);
+      };
+      const its = [{ tenant: 't', id: 'a' }, { tenant: 't', id: 'b' }];
+      const t0 = mesh.clock.now();
+      const [short] = await mesh.settle([writeQuorum(pool.replicas('t'), its, 2).catch((err: unknown) => err)]);
+      assert.instance(short, NotEnoughReplicasError);
+      const err = short as NotEnoughReplicasError;
+      assert.equal([err.answered, err.required], [1, 2]);
+      assert.match(err.message, `acknowledged by 1 of the 2 replicas required (counter ${home.id} stored the items, but only 0 of its 2 peers confirmed having them on disk within 500 ms)`);
+      assert.ok(mesh.clock.now() - t0 < 1000, 'answered before the coordinator gave up on the counter (COUNTER_TIMEOUT_MS 1000)');
+      assert.is(swallowed, 2, 'both peers did acknowledge');
+      assert.is(home.counter!.count('t'), 2, 'what was stored stays stored');
+      assert.ok(pool.replicas('t')[0]!.usable, 'a short answer is no failure of the counter');
+
+      // acknowledgments flow again: the same write, retried, is acknowledged (adds are idempotent)
+      mesh.net.carry = carry;
+      await mesh.settle([writeQuorum(pool.replicas('t'), its, 2)]);
+      assert.is(home.counter!.count('t'), 2);
+
+      // no counter linked to any other: each refuses to take the write, nothing is stored anywhere
+      const [c0, c1, c2] = mesh.counters as [SimCounter, SimCounter, SimCounter];
+      mesh.net.partition(c0.id, c1.id);
+      mesh.net.partition(c0.id, c2.id);
+      mesh.net.partition(c1.id, c2.id);
+      await mesh.until(() => mesh.counters.every((c) => c.counter!.connectedPeers() === 0), 10_000, 'the counters see their links gone');
+      const [none] = await mesh.settle([writeQuorum(pool.replicas('u'), [{ tenant: 'u', id: 'z' }], 2).catch((e: unknown) => e)]);
+      assert.instance(none, NotEnoughReplicasError);
+      assert.is((none as NotEnoughReplicasError).answered, 0);
+      assert.match((none as Error).message, /acknowledged by 0 of the 2 replicas required; no replica could take the write \(last: counter counter-\d: counter counter-\d is linked to 0 peers, and 2 acknowledgments need 1\)/);
+      assert.equal(mesh.counters.map((c) => c.counter!.count('u')), [0, 0, 0]);
+      assert.ok(pool.replicas('u').every((r) => r.usable), 'each counter refused, none timed out');
+      mesh.net.heal();
+      await mesh.until(() => mesh.converged(), 10_000, 'converged after the heal');
       mesh.compare();
     } finally {
       await mesh.close();

@@ -1,7 +1,8 @@
 /**
  * Consistency levels on real processes (3 counters behind fault proxies). Replication is slowed
- * down on purpose (GOSSIP_DELAY_MS 1000, ANTI_ENTROPY_MS 5000) so that right after a write the
- * counters disagree, and only the quorum machinery can make a read see it:
+ * down on purpose (GOSSIP_DELAY_MS 1000, ANTI_ENTROPY_MS 5000) so that a counter that did not get
+ * a quorum write directly from the counter that took it (cut off, blackholed, down) stays behind,
+ * and only the quorum machinery can make a read see the write:
  * - the guarantee: with w=quorum and r=quorum, a read through either coordinator is never lower
  *   than the items acknowledged before it started, healthy, across a SIGKILL and failover, with a
  *   counter blackholed, and with a counter cut off from its peers but not from the coordinators;
@@ -76,17 +77,24 @@ test('w=quorum + r=quorum: no read through either coordinator is lower than what
       }
     };
 
-    // healthy; each write leaves one counter behind for a second, which the reads must not show
+    /** Whether a running counter holds fewer items than were acknowledged (the reads must not show it). */
+    const noteLag = async (running: CounterNode[]) => {
+      if (!lagSeen) lagSeen = Math.min(...(await countsOf(mesh, running, tenant))) < acked;
+    };
+
+    // healthy: the counter that takes a write sends it to both peers at once, so they rarely lag here
     for (let i = 0; i < 10; i++) {
       await round(i, 'healthy');
-      if (!lagSeen) lagSeen = Math.min(...(await countsOf(mesh, [c0, c1, c2], tenant))) < acked;
+      await noteLag([c0, c1, c2]);
     }
-    assert.ok(lagSeen, 'some counter lagged behind an acknowledged write (or the test proves nothing)');
     assert.is(acked, 10, `every healthy write acknowledged: ${failures.join('; ')}`);
 
     // a minority down: SIGKILL, failover
     await c0.process.kill('SIGKILL');
-    for (let i = 0; i < 10; i++) await round(i, 'killed');
+    for (let i = 0; i < 10; i++) {
+      await round(i, 'killed');
+      await noteLag([c1, c2]);
+    }
     assert.ok(acked >= 18, `writes go on with 2 of 3 counters: ${failures.join('; ')}`);
     await mesh.restartCounter(c0);
     await mesh.waitReady();
@@ -95,14 +103,21 @@ test('w=quorum + r=quorum: no read through either coordinator is lower than what
     mesh.partition([c1], [c0, c2], 'blackhole');
     mesh.isolateFromCoordinator(c1, 'blackhole', 0);
     mesh.isolateFromCoordinator(c1, 'blackhole', 1);
-    for (let i = 0; i < 10; i++) await round(i, 'blackholed');
+    for (let i = 0; i < 10; i++) {
+      await round(i, 'blackholed');
+      await noteLag([c0, c1, c2]);
+    }
     mesh.heal();
     await mesh.waitReady();
 
     // a counter cut off from its peers only: the coordinators still reach it
     mesh.partition([c2], [c0, c1], 'reset');
-    for (let i = 0; i < 10; i++) await round(i, 'cut-from-peers');
+    for (let i = 0; i < 10; i++) {
+      await round(i, 'cut-from-peers');
+      await noteLag([c0, c1, c2]);
+    }
     mesh.heal();
+    assert.ok(lagSeen, 'some counter lagged behind an acknowledged write (or the test proves nothing)');
 
     // reads that meet disagreeing replicas which cannot sync (the last phase) are 503s, not low counts
     assert.ok(reads >= 24, `most quorum reads answered (${reads} of 40): ${failures.join('; ')}`);

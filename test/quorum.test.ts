@@ -1,14 +1,16 @@
 /**
- * Consistency levels without sockets: level parsing, the write fan-out, quorum reads with their
- * reconciliation and read repair (fake replicas holding real IdIndexes, so digests are the real
- * ones), and the routes through `app.inject()` with a fake pool: 400s for bad levels, 503
- * NOT_ENOUGH_REPLICAS with Retry-After, and the `one` path untouched by default.
+ * Consistency levels without sockets: level parsing, quorum writes (one replica takes the write
+ * and counts its peers' acknowledgments), quorum reads with their reconciliation and read repair
+ * (fake replicas holding real IdIndexes, so digests are the real ones), and the routes through
+ * `app.inject()` with a fake pool: 400s for bad levels, 503 NOT_ENOUGH_REPLICAS with Retry-After,
+ * and the `one` path untouched by default.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import pino from 'pino';
+import * as encoding from 'lib0/encoding';
 import { IdIndex } from '../src/counter/id-index.ts';
-import { CounterRejectedError, CounterUnavailableError, type Tally } from '../src/coordinator/counter-link.ts';
+import { CounterRejectedError, CounterUnavailableError, TooFewAcksError, type Tally } from '../src/coordinator/counter-link.ts';
 import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from '../src/coordinator/quorum.ts';
 import { buildCoordinatorServer, type PoolApi } from '../src/coordinator/server.ts';
 import { ClientError } from '../src/coordinator/errors.ts';
@@ -17,9 +19,13 @@ import { levelSize, parseLevel } from '../src/shared/levels.ts';
 import { mulberry32, pick, sample } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Date.now() % 100_000);
-import { MAX_TALLY_PEERS, MessageType, ProtocolError, readMessage, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
+import { MAX_ACKS, MAX_TALLY_PEERS, MessageType, ProtocolError, ReplyStatus, readMessage, writeAdd, writeDurable, writeReplicate, writeReply, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
 
-/** A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until released. */
+/**
+ * A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until
+ * released. An add asking for `acks` > 1 is stored here and copied to the linked peers that are
+ * up (in link order) until enough have it, as a counter's Replicate does; fewer: TooFewAcksError.
+ */
 class FakeReplica implements Replica {
   index = new IdIndex();
   usable = true;
@@ -43,12 +49,21 @@ class FakeReplica implements Replica {
     for (const f of h) f();
   }
 
-  async add(items: readonly Item[]): Promise<number> {
+  async add(items: readonly Item[], acks = 1): Promise<number> {
     this.calls.push(`add ${items.length}`);
     if (this.held) await new Promise<void>((r) => this.held!.push(r));
     if (this.down) throw new CounterUnavailableError(`counter ${this.id} is not connected`);
     if (this.rejecting) throw new CounterRejectedError('item 0 is not valid');
     this.store(items);
+    let counters = 1;
+    for (const peer of this.links.values()) {
+      if (counters >= acks) break;
+      if (peer.down) continue;
+      peer.store(items);
+      peer.calls.push(`replicated ${items.length}`);
+      counters++;
+    }
+    if (counters < acks) throw new TooFewAcksError(counters, `counter ${this.id} stored the items, but only ${counters - 1} peers confirmed`);
     return items.length;
   }
 
@@ -148,6 +163,31 @@ test('protocol: tally and tallied round-trip; too many peers and trailing bytes 
   assert.throws(() => readMessage(Uint8Array.from([...frame, 0])), /trailing bytes/);
 });
 
+test('protocol: an add asks for acknowledgments only when it needs more than one; replicate, durable and the short reply round-trip', () => {
+  const its = items('t', 'a', 'b');
+  // w=1: the frame of a plain add, byte for byte
+  assert.equal(writeAdd(1, its, 1, 1500), writeAdd(1, its));
+  assert.equal(readMessage(writeAdd(1, its)), { type: MessageType.Add, reqId: 1, items: its, acks: 1, ackWaitMs: 0 });
+  assert.equal(readMessage(writeAdd(2, its, 3, 1500)), { type: MessageType.Add, reqId: 2, items: its, acks: 3, ackWaitMs: 1500 });
+  const withAcks = (acks: number, waitMs: number) => {
+    const e = encoding.createEncoder();
+    encoding.writeUint8Array(e, writeAdd(3, its));
+    encoding.writeVarUint(e, acks);
+    encoding.writeVarUint(e, waitMs);
+    return encoding.toUint8Array(e);
+  };
+  for (const [acks, wait, why] of [[1, 0, /asks for 1 acknowledgments/], [MAX_ACKS + 1, 0, /asks for 65/], [2, 600_001, /waits 600001 ms/]] as const) {
+    assert.throws(() => readMessage(withAcks(acks, wait)), (e: Error) => e instanceof ProtocolError && why.test(e.message), `acks ${acks} wait ${wait}`);
+  }
+  assert.is(readMessage(withAcks(MAX_ACKS, 600_000)).type, MessageType.Add);
+  assert.throws(() => readMessage(Uint8Array.from([...writeAdd(4, its, 2, 10), 0])), /trailing bytes/);
+  const update = Uint8Array.from([1, 2, 3]);
+  assert.equal(readMessage(writeReplicate(77, update)), { type: MessageType.Replicate, ackId: 77, update });
+  assert.equal(readMessage(writeDurable(77)), { type: MessageType.Durable, ackId: 77 });
+  assert.equal(readMessage(writeReply(5, ReplyStatus.TooFewAcks, 1, 'only 0 of 2 peers')), { type: MessageType.Reply, reqId: 5, status: ReplyStatus.TooFewAcks, value: 1, message: 'only 0 of 2 peers' });
+  assert.throws(() => readMessage(writeReply(5, 4 as never, 1)), /unknown reply status 4/);
+});
+
 test('digest: the same ids in any order and any tenant numbering give the same digest; one id more or less changes it', () => {
   const a = new IdIndex();
   const b = new IdIndex();
@@ -170,20 +210,23 @@ test('digest: the same ids in any order and any tenant numbering give the same d
 
 // ---------------------------------------------------------------- writes
 
-test('writeQuorum: sent to w replicas at once, in placement order; resolves only after w acknowledgments', async () => {
+test('writeQuorum: sent to the first usable replica alone, which answers once w replicas have the items', async () => {
   const rs = replicas(3);
   rs[0]!.hold();
-  rs[1]!.hold();
   let done = false;
   const p = writeQuorum(rs, items('t', 'a'), 2).then(() => (done = true));
   await new Promise((r) => setImmediate(r));
-  assert.equal(rs.map((r) => r.calls.length), [1, 1, 0], 'the first two replicas got the add at once, the third nothing');
+  assert.equal(rs.map((r) => r.calls), [['add 1'], [], []], 'one add, to the first replica in placement order');
+  assert.is(done, false, 'not acknowledged before that replica answers');
   rs[0]!.release();
-  await new Promise((r) => setImmediate(r));
-  assert.is(done, false, 'one acknowledgment of two is not enough');
-  rs[1]!.release();
   await p;
-  assert.ok(done);
+  assert.equal(rs.map((r) => r.index.count('t')), [1, 1, 0], 'on the replica that took it and on the peer that acknowledged');
+  assert.equal(rs[1]!.calls, ['replicated 1']);
+  // a first replica the coordinator cannot use is skipped without a request (its peers may still reach it)
+  rs[0]!.usable = false;
+  await writeQuorum(rs, items('t', 'b', 'c'), 2);
+  assert.equal(rs.map((r) => r.calls), [['add 1', 'replicated 2'], ['replicated 1', 'add 2'], []]);
+  assert.equal(rs.map((r) => r.index.count('t')), [3, 3, 0]);
 });
 
 test('writeQuorum: a replica that fails is replaced by the next in order; too few: NOT_ENOUGH_REPLICAS with both numbers', async () => {
@@ -198,7 +241,16 @@ test('writeQuorum: a replica that fails is replaced by the next in order; too fe
   assert.is((err as NotEnoughReplicasError).answered, 1);
   assert.is((err as NotEnoughReplicasError).required, 2);
   assert.match(err.message, 'acknowledged by 1 of the 2 replicas required');
+  assert.match(err.message, 'counter c2 stored the items, but only 0 peers confirmed', 'the counter says why');
   assert.is(rs[2]!.index.count('t'), 2, 'what was stored stays stored');
+  assert.equal(rs.map((r) => r.calls.filter((c) => c.startsWith('add')).length), [2, 2, 1], 'a short answer is final: no other replica was asked');
+
+  // every replica unavailable: nothing acknowledged, the last failure given
+  rs[2]!.down = true;
+  const none = await rejection(writeQuorum(rs, items('t', 'c'), 2));
+  assert.instance(none, NotEnoughReplicasError);
+  assert.is((none as NotEnoughReplicasError).answered, 0);
+  assert.match(none.message, 'acknowledged by 0 of the 2 replicas required; no replica could take the write (last: counter c2 is not connected)');
 });
 
 test('writeQuorum: fewer usable replicas than w fails at once and sends nothing', async () => {
@@ -235,8 +287,8 @@ test('readQuorum: replicas that agree answer at once; a down replica is replaced
 test('readQuorum: equal counts over different items are reconciled (x on c0+c1, y on c1+c2, read c0+c2)', async () => {
   const rs = replicas(3);
   const [c0, c1, c2] = rs as [FakeReplica, FakeReplica, FakeReplica];
-  await writeQuorum([c0, c1], items('t', 'x'), 2);
-  await writeQuorum([c1, c2], items('t', 'y'), 2);
+  for (const r of [c0, c1]) r.store(items('t', 'x'));
+  for (const r of [c1, c2]) r.store(items('t', 'y'));
   c1.down = true;
   assert.equal([c0.index.count('t'), c2.index.count('t')], [1, 1], 'the two replicas read hold one item each');
   assert.is(await readQuorum(rs, 't', 2), 2, 'both acknowledged items counted');
@@ -249,7 +301,7 @@ test('readQuorum: equal counts over different items are reconciled (x on c0+c1, 
 test('readQuorum: the replica behind is repaired at once; the answer is the largest count', async () => {
   const rs = replicas(3);
   await writeQuorum(rs, items('t', 'a', 'b', 'c'), 3);
-  await writeQuorum(rs.slice(1), items('t', 'd'), 2);
+  for (const r of rs.slice(1)) r.store(items('t', 'd'));
   assert.is(await readQuorum(rs, 't', 2), 4);
   assert.ok(rs[1]!.calls.includes('pull c0'), 'the one ahead confirmed it holds what the other has');
   await new Promise((r) => setImmediate(r));
@@ -259,8 +311,8 @@ test('readQuorum: the replica behind is repaired at once; the answer is the larg
 test('readQuorum: replicas that disagree and cannot sync give NOT_ENOUGH_REPLICAS, never a low count', async () => {
   const rs = replicas(3);
   const [c0, c1, c2] = rs as [FakeReplica, FakeReplica, FakeReplica];
-  await writeQuorum([c0, c1], items('t', 'x'), 2);
-  await writeQuorum([c1, c2], items('t', 'y'), 2);
+  for (const r of [c0, c1]) r.store(items('t', 'x'));
+  for (const r of [c1, c2]) r.store(items('t', 'y'));
   c1.down = true;
   c0.links.clear();
   c2.links.clear();

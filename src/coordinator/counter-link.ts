@@ -24,6 +24,19 @@ export class CounterUnavailableError extends Error {
 export class CounterRejectedError extends Error {
   override name = 'CounterRejectedError';
 }
+/**
+ * The counter stored the items, but fewer counters than the Add asked for (`acknowledged`, that
+ * one included) confirmed having them on disk in time. Another counter would wait for the same peers.
+ */
+export class TooFewAcksError extends Error {
+  override name = 'TooFewAcksError';
+  constructor(
+    readonly acknowledged: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 /** Adds of at most this many items are coalesced; a coalesced frame carries at most this many too. */
 const COALESCE_MAX_ITEMS = 4096;
@@ -34,6 +47,17 @@ const COALESCE_MAX_ITEMS = 4096;
  * instead of a few. Two, not one, so the counter applies the next batch while the last one syncs.
  */
 const MAX_ADDS_IN_FLIGHT = 8;
+
+/**
+ * The adds of one acknowledgment level: their own queue and in-flight slots, so quorum writes
+ * waiting for a counter's peers never hold back, nor share a frame with, plain writes.
+ */
+interface AddLane {
+  readonly acks: number;
+  queue: QueuedAdd[];
+  inFlight: number;
+  flushScheduled: boolean;
+}
 
 interface QueuedAdd {
   items: readonly Item[];
@@ -80,9 +104,6 @@ export class CounterLink implements Receiver {
   private readonly sweep: TimerHandle;
   private readonly clock: Clock;
   private nextReqId = 1;
-  private addQueue: QueuedAdd[] = [];
-  private addsInFlight = 0;
-  private flushScheduled = false;
   /**
    * Counts of watched tenants, as the counter last pushed them (oldest watch first). Valid while
    * this socket is: cleared when it closes, since the counter's watches end with it.
@@ -90,6 +111,8 @@ export class CounterLink implements Receiver {
   private readonly watched = new Map<string, number>();
   /** Watches sent and not answered yet, so concurrent reads of a tenant share one. */
   private readonly watching = new Map<string, Promise<number>>();
+  /** By the number of acknowledgments asked for. */
+  private readonly lanes = new Map<number, AddLane>();
   /** Set when a request timed out; cleared by the next message. A blackholed counter gets no traffic meanwhile. */
   private suspect = false;
 
@@ -129,39 +152,52 @@ export class CounterLink implements Receiver {
 
   /**
    * Adds arriving together travel as one Add (one frame, one reply, one transaction on the
-   * counter); each caller's promise settles with the shared reply.
+   * counter); each caller's promise settles with the shared reply, with the number of items.
+   * With `acks` > 1 the counter answers once `acks` counters (itself and its peers) have the
+   * items on disk, or rejects with TooFewAcksError after waiting half of COUNTER_TIMEOUT_MS for
+   * them: so its answer, even a short one, comes before this link gives up on it.
    */
-  add(items: readonly Item[]): Promise<number> {
+  add(items: readonly Item[], acks = 1): Promise<number> {
     // big batches need no company, and must not add up past the counters' frame limit
-    if (items.length > COALESCE_MAX_ITEMS) return this.request((reqId) => writeAdd(reqId, items));
+    if (items.length > COALESCE_MAX_ITEMS) return this.request((reqId) => this.addFrame(reqId, items, acks));
+    let lane = this.lanes.get(acks);
+    if (!lane) {
+      lane = { acks, queue: [], inFlight: 0, flushScheduled: false };
+      this.lanes.set(acks, lane);
+    }
+    const into = lane;
     return new Promise((resolve, reject) => {
-      this.addQueue.push({ items, bytes: frameBytesAtMost(items), resolve, reject });
-      this.scheduleFlush();
+      into.queue.push({ items, bytes: frameBytesAtMost(items), resolve, reject });
+      this.scheduleFlush(into);
     });
   }
 
-  private scheduleFlush(): void {
-    if (this.flushScheduled || this.addQueue.length === 0 || this.addsInFlight >= MAX_ADDS_IN_FLIGHT) return;
-    this.flushScheduled = true;
-    // the rest of this turn's requests join the frame
-    this.clock.setImmediate(() => this.flushAdds());
+  private addFrame(reqId: number, items: readonly Item[], acks: number): Uint8Array {
+    return writeAdd(reqId, items, acks, Math.floor(this.config.counterTimeoutMs / 2));
   }
 
-  private flushAdds(): void {
-    this.flushScheduled = false;
+  private scheduleFlush(lane: AddLane): void {
+    if (lane.flushScheduled || lane.queue.length === 0 || lane.inFlight >= MAX_ADDS_IN_FLIGHT) return;
+    lane.flushScheduled = true;
+    // the rest of this turn's requests join the frame
+    this.clock.setImmediate(() => this.flushAdds(lane));
+  }
+
+  private flushAdds(lane: AddLane): void {
+    lane.flushScheduled = false;
     if (this.suspect) {
       // a counter that just timed out gets no new writes: they fail over now instead of waiting again
-      const queue = this.addQueue;
-      this.addQueue = [];
+      const queue = lane.queue;
+      lane.queue = [];
       const err = new CounterUnavailableError(`counter ${this.id} did not answer in time`);
       for (const q of queue) q.reject(err);
       return;
     }
-    while (this.addQueue.length > 0 && this.addsInFlight < MAX_ADDS_IN_FLIGHT) {
-      const batch = this.takeBatch();
+    while (lane.queue.length > 0 && lane.inFlight < MAX_ADDS_IN_FLIGHT) {
+      const batch = this.takeBatch(lane);
       const items = batch.length === 1 ? batch[0]!.items : batch.flatMap((q) => q.items);
-      this.addsInFlight++;
-      this.request((reqId) => writeAdd(reqId, items), true).then(
+      lane.inFlight++;
+      this.request((reqId) => this.addFrame(reqId, items, lane.acks), true).then(
         () => {
           for (const q of batch) q.resolve(q.items.length);
         },
@@ -169,8 +205,8 @@ export class CounterLink implements Receiver {
           for (const q of batch) q.reject(err);
         },
       ).finally(() => {
-        this.addsInFlight--;
-        this.scheduleFlush();
+        lane.inFlight--;
+        this.scheduleFlush(lane);
       });
     }
   }
@@ -179,17 +215,17 @@ export class CounterLink implements Receiver {
    * The queued adds that fit in one frame, oldest first. BODY_LIMIT fits in the counters'
    * MAX_MESSAGE_BYTES (checked at start), so a frame no bigger than one full request does too.
    */
-  private takeBatch(): QueuedAdd[] {
+  private takeBatch(lane: AddLane): QueuedAdd[] {
     let n = 0;
     let items = 0;
     let bytes = 0;
-    for (const q of this.addQueue) {
+    for (const q of lane.queue) {
       if (n > 0 && (items + q.items.length > COALESCE_MAX_ITEMS || bytes + q.bytes > this.config.bodyLimit)) break;
       items += q.items.length;
       bytes += q.bytes;
       n++;
     }
-    return this.addQueue.splice(0, n);
+    return lane.queue.splice(0, n);
   }
 
   /**
@@ -314,6 +350,7 @@ export class CounterLink implements Receiver {
         // no digest in a Reply: NaN equals nothing, so a quorum read would not take it for agreement
         if (msg.status === ReplyStatus.Ok) p.resolve(msg.value, Number.NaN);
         else if (msg.status === ReplyStatus.BadRequest) p.reject(new CounterRejectedError(msg.message));
+        else if (msg.status === ReplyStatus.TooFewAcks) p.reject(new TooFewAcksError(msg.value, msg.message));
         else p.reject(new CounterUnavailableError(`counter ${this.id}: ${msg.message}`));
         return;
       }

@@ -1,7 +1,14 @@
 /**
  * Consistency levels on the coordinator: `w` and `r` of a request resolved against the tenant's
- * replica count, writes fanned out until `w` replicas have the items on disk, and reads that take
- * `r` replicas' tallies, reconcile them when they disagree, and repair the replicas behind.
+ * replica count, writes stored on one replica that answers once `w` replicas (itself and its
+ * peers) have the items on disk, and reads that take `r` replicas' tallies, reconcile them when
+ * they disagree, and repair the replicas behind.
+ *
+ * Why a write goes to one replica and not to `w`: each counter writes under its own Yjs writer,
+ * so the same items added on two counters would be held twice in every document, decoded and
+ * fsynced twice everywhere. The replica that takes the write (the tenant's home counter, or the
+ * next one in placement order while it is unavailable) sends the update to its peers at once,
+ * and each answers once it is on its disk (src/protocol/PROTOCOL.md, "Replicated writes").
  *
  * Why reads compare digests and not only counts: every replica holds a subset of the true set,
  * but two replicas can hold different subsets of the same size (item x acknowledged by A and B,
@@ -16,7 +23,7 @@
  */
 import type { Item } from '../protocol/messages.ts';
 import { allowedLevels, levelSize, parseLevel, type Level } from '../shared/levels.ts';
-import { CounterUnavailableError, type Tally } from './counter-link.ts';
+import { CounterUnavailableError, TooFewAcksError, type Tally } from './counter-link.ts';
 import { ClientError } from './errors.ts';
 
 /** What quorum requests need of a replica (a CounterLink; tests pass fakes). */
@@ -24,8 +31,12 @@ export interface Replica {
   readonly id: string;
   /** Reachable and ready: worth sending a request to. */
   readonly usable: boolean;
-  /** Resolves once the replica has the items on its disk; rejects with CounterUnavailableError when it cannot. */
-  add(items: readonly Item[]): Promise<unknown>;
+  /**
+   * Resolves once `acks` replicas (this one and its peers) have the items on disk. Rejects with
+   * CounterUnavailableError when this one cannot take them (nothing stored: another may), with
+   * TooFewAcksError when it stored them but fewer replicas confirmed in time.
+   */
+  add(items: readonly Item[], acks: number): Promise<unknown>;
   /** The tenant's count and digest on the replica, after it pulled from the replicas `pullFrom`. */
   tally(tenant: string, pullFrom?: readonly string[]): Promise<Tally>;
 }
@@ -129,11 +140,27 @@ function fanOut<T>(
 
 /**
  * Stores `items` on `w` replicas (`replicas` in placement order); resolves once `w` of them have
- * them on disk. Sent to `w` replicas at once, to the next one for each that fails.
+ * them on disk. Sent to the first usable replica, which replicates them to its peers and answers
+ * once w − 1 of them confirmed; to the next one while a replica is unavailable.
  */
 export async function writeQuorum(replicas: readonly Replica[], items: readonly Item[], w: number): Promise<void> {
   if (usableCount(replicas) < w) throw tooFewUsable('acknowledged', w, replicas);
-  await fanOut(replicas, w, (r) => r.add(items), 'acknowledged');
+  let lastFailure = '';
+  for (const replica of replicas) {
+    if (!replica.usable) continue;
+    try {
+      await replica.add(items, w);
+      return;
+    } catch (err) {
+      if (err instanceof TooFewAcksError) {
+        throw new NotEnoughReplicasError(err.acknowledged, w, `acknowledged by ${err.acknowledged} of the ${w} replicas required (${err.message})`);
+      }
+      if (!(err instanceof CounterUnavailableError)) throw err;
+      lastFailure = err.message;
+    }
+  }
+  const why = lastFailure ? `no replica could take the write (last: ${lastFailure})` : 'no replica is reachable and ready';
+  throw new NotEnoughReplicasError(0, w, `acknowledged by 0 of the ${w} replicas required; ${why}`);
 }
 
 function agree(a: Tally, b: Tally): boolean {

@@ -12,6 +12,7 @@ import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
 import { DataDirLock, LogStore } from './storage/index.ts';
 import { Gossip } from './gossip.ts';
+import { PeerAcks } from './peer-acks.ts';
 import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
@@ -75,6 +76,10 @@ const PROGRESS_LOG_MS = 3000;
 
 interface PendingAdd {
   items: Item[];
+  /** Counters, this one included, that must have the items on disk; 1: this one alone. */
+  acks: number;
+  ackWaitMs: number;
+  /** With the number of counters that have the items on disk (at least 1). */
   resolve: (n: number) => void;
   reject: (err: Error) => void;
 }
@@ -121,6 +126,7 @@ export class Counter implements CounterApi {
       onSynced: (peer: string | null) => this.onSynced(peer),
       onMembersChanged: () => this.statusChanged(),
       onApplied: (update: Uint8Array, origin: Origin) => void this.commit(update, origin).catch(() => {}),
+      onReplicated: (produced: Uint8Array[], origin: Origin) => this.storeReplicated(produced, origin),
       observer: this.metrics?.gossip,
     };
     this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock);
@@ -240,12 +246,14 @@ export class Counter implements CounterApi {
   }
 
   /**
-   * Applies the items and resolves once they are on this counter's disk. Adds arriving in the same
-   * event-loop turn share one transaction, one Yjs update and one fsync.
+   * Applies the items and resolves once they are on this counter's disk, with 1. With `acks` > 1,
+   * once `acks` − 1 peers also confirmed they have them on theirs, or after `ackWaitMs`: resolves
+   * with the number of counters, this one included, that have them on disk then. Adds arriving in
+   * the same event-loop turn share one transaction, one Yjs update, one fsync and one Replicate.
    */
-  add(items: Item[]): Promise<number> {
+  add(items: Item[], acks = 1, ackWaitMs = 0): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ items, resolve, reject });
+      this.queue.push({ items, acks, ackWaitMs, resolve, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         this.clock.setImmediate(() => void this.flush());
@@ -294,33 +302,62 @@ export class Counter implements CounterApi {
   /**
    * The write path: apply the batch in memory (one transaction), store it (log, fsync), hand it to
    * gossip, and acknowledge once the log has it. Items already held make no update, but may be
-   * in an append still in flight: their acknowledgment waits for the log's tail.
+   * in an append still in flight: their acknowledgment waits for the log's tail. Adds that need
+   * peers' acknowledgments too make gossip send the update at once, marked for answers, and wait
+   * for those after the fsync (README "Guarantees").
    */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
     const batch = this.queue;
     this.queue = [];
+    let peersNeeded = 0;
+    let waitMs = Number.POSITIVE_INFINITY;
+    for (const b of batch) {
+      if (b.acks < 2) continue;
+      peersNeeded = Math.max(peersNeeded, b.acks - 1);
+      waitMs = Math.min(waitMs, b.ackWaitMs);
+    }
+    let peerAcks: PeerAcks | null = null;
     try {
-      const update = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items));
+      const update = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items), peersNeeded > 0);
+      if (update && peersNeeded > 0) peerAcks = new PeerAcks(peersNeeded, waitMs, this.clock);
       // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
-      await (update ? this.commit(update, LOCAL) : this.logTail.then(() => this.storage.sync()));
+      await (update ? this.commit(update, LOCAL, true, peerAcks) : this.logTail.then(() => this.storage.sync()));
       if (this.persistDebt) await this.repayDebt();
-      for (const b of batch) b.resolve(b.items.length);
-      if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));
     } catch (err) {
       const e = new Error(`could not store the items durably: ${(err as Error).message}`);
       for (const b of batch) b.reject(e);
+      return;
     }
+    if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));
+    for (const b of batch) if (b.acks < 2) b.resolve(1);
+    if (peersNeeded === 0) return;
+    const counters = 1 + (peerAcks ? await peerAcks.done : 0);
+    for (const b of batch) if (b.acks >= 2) b.resolve(counters);
+  }
+
+  /**
+   * A peer's update that the peer waits to hear is on our disk (a Replicate): stored like any
+   * peer's update, but fsynced at once. Resolves once it is on disk, and with it everything
+   * appended before (appends are written in order). Nothing new: we held it already, maybe in an
+   * append still in flight or written without a sync.
+   */
+  private async storeReplicated(produced: Uint8Array[], origin: Origin): Promise<void> {
+    let last: Promise<void> | null = null;
+    for (const update of produced) last = this.commit(update, origin, true);
+    await (last ?? this.logTail.then(() => this.storage.sync()));
+    if (this.persistDebt) await this.repayDebt();
   }
 
   /**
    * Every update this counter applied, its own or a peer's, goes here once: first to the log (our
    * own writes fsynced before they are acknowledged; a peer's are durable on that peer already,
-   * so they are synced with our next write), then to gossip, which forwards it to the peers that
-   * lack it. Resolves when the log has it.
+   * so they are synced with our next write, unless the peer waits for our acknowledgment), then
+   * to gossip, which forwards it to the peers that lack it (at once, with `peerAcks`, to collect
+   * their acknowledgments). Resolves when the log has it.
    */
-  private commit(update: Uint8Array, origin: Origin): Promise<void> {
-    const appended = this.storage.append(update, origin.kind !== 'peer');
+  private commit(update: Uint8Array, origin: Origin, durable = origin.kind !== 'peer', peerAcks: PeerAcks | null = null): Promise<void> {
+    const appended = this.storage.append(update, durable);
     this.logTail = appended;
     appended.then(
       () => {
@@ -332,7 +369,7 @@ export class Counter implements CounterApi {
         this.persistDebt = true;
       },
     );
-    this.gossip.enqueue(update, origin);
+    this.gossip.enqueue(update, origin, peerAcks);
     return appended;
   }
 

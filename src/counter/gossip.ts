@@ -10,6 +10,10 @@
  *
  * Updates are gathered for GOSSIP_DELAY_MS and leave merged, one message per peer: under load a
  * peer then wakes, decodes and stores once per window instead of once per transaction.
+ *
+ * A write with w ≥ 2 does not wait for the window: its update leaves at once (with whatever the
+ * window had gathered) as a Replicate, which each peer receiving it answers with Durable once it
+ * is on its disk; the counter that took the write counts those answers (PeerAcks).
  */
 import * as Y from 'yjs';
 import * as decoding from 'lib0/decoding';
@@ -17,7 +21,7 @@ import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
-import { CloseCode, MessageType, ProtocolError, writeAwareness, writeHello, writeSync, type Member, type Message } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, writeAwareness, writeDurable, writeHello, writeReplicate, writeSync, type Member, type Message } from '../protocol/messages.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
@@ -25,6 +29,7 @@ import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { formatAddress, isAddress } from '../shared/address.ts';
 import type { GSet, Origin } from './gset.ts';
 import type { GossipObserver } from './metrics.ts';
+import type { PeerAcks } from './peer-acks.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
@@ -39,6 +44,8 @@ interface Peer {
    * step 2, in order, so the next step 2 received settles the oldest entry (read repair waits on it).
    */
   step2Waiters: ((ok: boolean) => void)[];
+  /** Replicates sent on this socket whose Durable has not come, by ack id. */
+  awaitingAcks: Map<number, PeerAcks>;
 }
 
 const noWaiter = (): void => {};
@@ -49,6 +56,11 @@ export interface GossipEvents {
   onMembersChanged: () => void;
   /** A peer's update changed our state: the counter stores it, then hands it back to `enqueue`. */
   onApplied: (update: Uint8Array, origin: Origin) => void;
+  /**
+   * A peer's Replicate was applied (`produced`: what it changed here, maybe nothing): the counter
+   * stores it as `onApplied` does, but fsynced at once, and resolves once it is on disk.
+   */
+  onReplicated: (produced: Uint8Array[], origin: Origin) => Promise<void>;
   /** Metrics (METRICS=on): per-peer traffic and state vectors. */
   observer?: GossipObserver | undefined;
 }
@@ -66,6 +78,7 @@ export class Gossip {
   /** Updates not yet sent, by where they came from (which decides who gets them). */
   private outbox = new Map<Origin, Uint8Array[]>();
   private outboxTimer: TimerHandle | null = null;
+  private nextAckId = 1;
   private closed = false;
 
   constructor(
@@ -172,7 +185,7 @@ export class Gossip {
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
     // the step 1 sent below is the first the peer answers
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: [noWaiter] };
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: [noWaiter], awaitingAcks: new Map() };
     this.peers.add(peer);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress }));
     sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
@@ -184,6 +197,9 @@ export class Gossip {
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
     for (const w of peer.step2Waiters.splice(0)) w(false);
+    const unanswered = [...peer.awaitingAcks.values()];
+    peer.awaitingAcks.clear();
+    for (const acks of unanswered) acks.lost();
     this.publishLinks();
     this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
     this.events.onMembersChanged();
@@ -225,6 +241,30 @@ export class Gossip {
         }
         return;
       }
+      case MessageType.Replicate: {
+        const produced = this.applyUpdate(msg.update, peer.origin);
+        // structs waiting for an update we missed are not held yet: no acknowledgment for them (the
+        // sender's wait runs out); anti-entropy brings the gap, and a retried write is answered
+        const whole = this.gset.holdsAll(msg.update);
+        const stored = this.events.onReplicated(produced, peer.origin);
+        const { ackId } = msg;
+        stored.then(
+          () => {
+            if (whole) peer.sock.sendNow(writeDurable(ackId));
+          },
+          // the storage layer logged the failure; the sender hears nothing and counts one ack fewer
+          (err: Error) => this.log.debug({ peer: peer.id, err: err.message }, 'a replicated update is not on disk; not acknowledged'),
+        );
+        return;
+      }
+      case MessageType.Durable: {
+        const acks = peer.awaitingAcks.get(msg.ackId);
+        if (!acks) return; // answered after the write stopped waiting
+        peer.awaitingAcks.delete(msg.ackId);
+        if (peer.id === null) acks.lost();
+        else acks.ack(peer.id);
+        return;
+      }
       case MessageType.Awareness:
         try {
           awarenessProtocol.applyAwarenessUpdate(this.awareness, msg.update, peer.origin);
@@ -251,7 +291,7 @@ export class Gossip {
         }
         case syncProtocol.messageYjsSyncStep2:
         case syncProtocol.messageYjsUpdate:
-          return { kind, reply: null, produced: this.gset.apply(decoding.readVarUint8Array(decoder), origin) };
+          return { kind, reply: null, produced: this.applyUpdate(decoding.readVarUint8Array(decoder), origin) };
         default:
           throw new ProtocolError(`unknown sync message type ${kind}`);
       }
@@ -261,12 +301,33 @@ export class Gossip {
     }
   }
 
+  /** A peer's Yjs update applied here; what it changed comes back. Anything thrown is about the peer's bytes. */
+  private applyUpdate(update: Uint8Array, origin: Origin): Uint8Array[] {
+    try {
+      return this.gset.apply(update, origin);
+    } catch (err) {
+      throw new ProtocolError(`malformed sync message: ${(err as Error).message}`);
+    }
+  }
+
   /**
    * Hands an update this counter applied (its own write or a peer's) to replication: it leaves
    * within GOSSIP_DELAY_MS, merged with the others of that window, to the peers that need it.
+   * With `acks` (a write waiting for peers' acknowledgments, always our own) it leaves now, with
+   * the window's other updates of ours, as a Replicate whose answers `acks` collects.
    */
-  enqueue(update: Uint8Array, origin: Origin): void {
-    if (this.peers.size === 0) return;
+  enqueue(update: Uint8Array, origin: Origin, acks: PeerAcks | null = null): void {
+    if (this.peers.size === 0) {
+      acks?.seal();
+      return;
+    }
+    if (acks) {
+      const gathered = this.outbox.get(origin) ?? [];
+      this.outbox.delete(origin);
+      gathered.push(update);
+      this.forward(gathered, origin, acks);
+      return;
+    }
     if (this.config.gossipDelayMs === 0) {
       this.forward([update], origin);
       return;
@@ -284,10 +345,14 @@ export class Gossip {
     for (const [origin, updates] of outbox) this.forward(updates, origin);
   };
 
-  /** Sends updates to every peer that needs them from us: not their sender, nor peers it reaches itself. */
-  private forward(updates: Uint8Array[], origin: Origin): void {
+  /**
+   * Sends updates to every peer that needs them from us: not their sender, nor peers it reaches
+   * itself. With `acks`, as a Replicate each of them answers.
+   */
+  private forward(updates: Uint8Array[], origin: Origin, acks: PeerAcks | null = null): void {
     const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
-    const frame = writeSync((e) => syncProtocol.writeUpdate(e, merged));
+    const ackId = acks ? this.takeAckId() : 0;
+    const frame = acks ? writeReplicate(ackId, merged) : writeSync((e) => syncProtocol.writeUpdate(e, merged));
     // two counters that dialed each other share two sockets; one copy per peer is enough
     const sentTo = new Set<string>();
     const from = origin.kind === 'peer' ? origin.peerId : null;
@@ -296,8 +361,23 @@ export class Gossip {
       if (p.origin === origin || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
       if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
       if (p.id !== null) sentTo.add(p.id);
-      p.sock.send(frame);
+      if (!acks) {
+        p.sock.send(frame);
+        continue;
+      }
+      // a write is waiting: not corked until the end of the turn
+      p.sock.sendNow(frame);
+      const waiting = p.awaitingAcks;
+      waiting.set(ackId, acks);
+      acks.sentOnLink(() => waiting.delete(ackId));
     }
+    acks?.seal();
+  }
+
+  private takeAckId(): number {
+    const id = this.nextAckId++;
+    if (this.nextAckId > 0x7fffffff) this.nextAckId = 1;
+    return id;
   }
 
   private readonly onAwarenessUpdate = (

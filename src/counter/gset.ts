@@ -92,10 +92,13 @@ export class GSet {
   /**
    * Appends the items not held yet, in one transaction (one Yjs item), and returns the update
    * that holds them for the log and the peers, or null when every item was held already.
-   * Duplicates within `items` and of what is held are skipped.
+   * Duplicates within `items` and of what is held are skipped; with `rewriteHeld`, only those
+   * within `items`: an update that peers must acknowledge has to carry every item, since one held
+   * here is not known to be on any of their disks (a retried write). The copy costs a duplicate
+   * record, which the index ignores.
    */
-  add(items: readonly Item[]): Uint8Array | null {
-    const text = this.freshRecords(items);
+  add(items: readonly Item[], rewriteHeld = false): Uint8Array | null {
+    const text = this.freshRecords(items, rewriteHeld);
     if (text === '') return null;
     const target = this.targetFor(text.length);
     return this.capture(() => this.doc.transact(() => target.insert(target.length, text), LOCAL))[0] ?? null;
@@ -110,6 +113,18 @@ export class GSet {
     return this.capture(() => Y.applyUpdate(this.doc, update, origin));
   }
 
+  /**
+   * True when every struct of `update` (applied before) is integrated here: none waits in the
+   * pending store for an update this counter has not received. Cheap while nothing is pending.
+   */
+  holdsAll(update: Uint8Array): boolean {
+    if (this.doc.store.pendingStructs === null) return true;
+    for (const [client, clock] of Y.parseUpdateMeta(update).to) {
+      if (Y.getState(this.doc.store, client) < clock) return false;
+    }
+    return true;
+  }
+
   private capture(run: () => void): Uint8Array[] {
     const out: Uint8Array[] = [];
     this.captured = out;
@@ -121,12 +136,12 @@ export class GSet {
     return out;
   }
 
-  /** The records of the items not held yet, each once. */
-  private freshRecords(items: readonly Item[]): string {
+  /** The records of the items not held yet (or all, with `rewriteHeld`), each once. */
+  private freshRecords(items: readonly Item[], rewriteHeld: boolean): string {
     let text = '';
     let seen: Set<string> | null = null;
     for (const it of items) {
-      if (this.index.has(it.tenant, it.id)) continue;
+      if (!rewriteHeld && this.index.has(it.tenant, it.id)) continue;
       if (items.length > 1) {
         seen ??= new Set();
         const key = encodeRecord(it.tenant, it.id);

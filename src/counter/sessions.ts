@@ -18,7 +18,10 @@ export interface CounterApi {
   readonly id: string;
   readonly address: string;
   readonly ready: boolean;
-  add(items: Item[]): Promise<number>;
+  /** Resolves with the number of counters, this one included, that have the items on disk (see `Counter.add`). */
+  add(items: Item[], acks?: number, ackWaitMs?: number): Promise<number>;
+  /** Peers linked to this counter now. */
+  connectedPeers(): number;
   count(tenant: string): number;
   /** The tenant's set digest: equal counts and digests on two counters mean the same ids. */
   digest(tenant: string): number;
@@ -106,7 +109,7 @@ export class CoordinatorSessions {
     }
     switch (msg.type) {
       case MessageType.Add: {
-        const { reqId, items } = msg;
+        const { reqId, items, acks, ackWaitMs } = msg;
         if (!this.counter.ready) {
           sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
           return;
@@ -116,13 +119,20 @@ export class CoordinatorSessions {
           sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
           return;
         }
+        // a counter that cannot reach enough peers stores nothing: the coordinator tries the next replica
+        const peers = this.counter.connectedPeers();
+        if (peers < acks - 1) {
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, `counter ${this.counter.id} is linked to ${peers} peers, and ${acks} acknowledgments need ${acks - 1}`));
+          return;
+        }
         this.unanswered++;
-        this.counter.add(items).then(
+        this.counter.add(items, acks, ackWaitMs).then(
           // the coordinator holds requests until this acknowledgment: no waiting for the turn's end
-          () => {
+          (counters) => {
             // the counts these items changed reach the coordinator before the acknowledgment
             this.watches.flushBefore(sock);
-            sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length));
+            if (counters >= acks) sock.sendNow(writeReply(reqId, ReplyStatus.Ok, items.length));
+            else sock.sendNow(writeReply(reqId, ReplyStatus.TooFewAcks, counters, `counter ${this.counter.id} stored the items, but only ${counters - 1} of its ${peers} peers confirmed having them on disk within ${ackWaitMs} ms`));
             this.answered();
           },
           (err: Error) => {

@@ -14,7 +14,7 @@ export const MessageType = {
   Awareness: 1,
   /** First message on every connection, both directions. */
   Hello: 2,
-  /** Coordinator → counter: add items. */
+  /** Coordinator → counter: add items (optionally: answer once that many counters have them on disk). */
   Add: 3,
   /** Coordinator → counter: count one tenant. */
   Count: 4,
@@ -30,14 +30,21 @@ export const MessageType = {
   /** Counter → coordinator: answer to Tally (a failed Tally is answered with Reply). */
   Tallied: 8,
   /**
+   * Counter → counter: a Yjs update its sender waits to hear is on the receiver's disk (a write
+   * with w ≥ 2 on its home counter). Applied like a sync update, then answered with Durable.
+   */
+  Replicate: 9,
+  /** Counter → counter: everything in the Replicate with this ack id is fsynced here. */
+  Durable: 10,
+  /**
    * Coordinator → counter: count one tenant (answered with Reply, like Count) and from then on
    * push the tenant's count in Counts whenever it changes, until Unwatch or the connection ends.
    */
-  Watch: 9,
+  Watch: 11,
   /** Counter → coordinator: new counts of watched tenants. */
-  Counts: 10,
+  Counts: 12,
   /** Coordinator → counter: stop pushing these tenants' counts. */
-  Unwatch: 11,
+  Unwatch: 13,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -49,6 +56,11 @@ export const ReplyStatus = {
   Unavailable: 1,
   /** The request itself is wrong: another counter would refuse it too. */
   BadRequest: 2,
+  /**
+   * An Add asking for more than one acknowledgment: stored here, but fewer counters than it asked
+   * for (the value, this one included) confirmed they have the items on disk in time.
+   */
+  TooFewAcks: 3,
 } as const;
 export type ReplyStatusNumber = (typeof ReplyStatus)[keyof typeof ReplyStatus];
 
@@ -97,12 +109,14 @@ export type Message =
   | { type: typeof MessageType.Sync; decoder: decoding.Decoder }
   | { type: typeof MessageType.Awareness; update: Uint8Array }
   | { type: typeof MessageType.Hello; hello: Hello }
-  | { type: typeof MessageType.Add; reqId: number; items: Item[] }
+  | { type: typeof MessageType.Add; reqId: number; items: Item[]; acks: number; ackWaitMs: number }
   | { type: typeof MessageType.Count; reqId: number; tenant: string }
   | { type: typeof MessageType.Reply; reqId: number; status: ReplyStatusNumber; value: number; message: string }
   | { type: typeof MessageType.Status; status: Status }
   | { type: typeof MessageType.Tally; reqId: number; tenant: string; pullFrom: string[] }
   | { type: typeof MessageType.Tallied; reqId: number; count: number; digest: number }
+  | { type: typeof MessageType.Replicate; ackId: number; update: Uint8Array }
+  | { type: typeof MessageType.Durable; ackId: number }
   | { type: typeof MessageType.Watch; reqId: number; tenant: string }
   | { type: typeof MessageType.Counts; counts: TenantCount[] }
   | { type: typeof MessageType.Unwatch; tenants: string[] };
@@ -140,7 +154,17 @@ export function writeHello(h: Hello): Uint8Array {
   });
 }
 
-export function writeAdd(reqId: number, items: readonly Item[]): Uint8Array {
+/** Most acknowledgments an Add may ask for: more than any mesh has replicas of a tenant. */
+export const MAX_ACKS = 64;
+/** Longest an Add may let its counter wait for its peers' acknowledgments. */
+export const MAX_ACK_WAIT_MS = 600_000;
+
+/**
+ * @param acks counters (the receiver included) that must have the items on disk before the
+ *   reply; 1, the default, is written as nothing at all (the frame of a plain add).
+ * @param ackWaitMs with acks > 1: how long the counter waits for its peers' acknowledgments.
+ */
+export function writeAdd(reqId: number, items: readonly Item[], acks = 1, ackWaitMs = 0): Uint8Array {
   return frame(MessageType.Add, (e) => {
     encoding.writeVarUint(e, reqId);
     encoding.writeVarUint(e, items.length);
@@ -148,7 +172,23 @@ export function writeAdd(reqId: number, items: readonly Item[]): Uint8Array {
       encoding.writeVarString(e, it.tenant);
       encoding.writeVarString(e, it.id);
     }
+    if (acks > 1) {
+      encoding.writeVarUint(e, acks);
+      encoding.writeVarUint(e, ackWaitMs);
+    }
   });
+}
+
+/** @param update a Yjs update (v1) the receiver answers with `writeDurable(ackId)` once it is on its disk. */
+export function writeReplicate(ackId: number, update: Uint8Array): Uint8Array {
+  return frame(MessageType.Replicate, (e) => {
+    encoding.writeVarUint(e, ackId);
+    encoding.writeVarUint8Array(e, update);
+  });
+}
+
+export function writeDurable(ackId: number): Uint8Array {
+  return frame(MessageType.Durable, (e) => encoding.writeVarUint(e, ackId));
 }
 
 export function writeCount(reqId: number, tenant: string): Uint8Array {
@@ -283,7 +323,16 @@ export function readMessage(data: Uint8Array): Message {
       if (n > (d.arr.length - d.pos) / 2) throw new ProtocolError(`add claims ${n} items`);
       const items: Item[] = new Array(n);
       for (let i = 0; i < n; i++) items[i] = { tenant: decoding.readVarString(d), id: decoding.readVarString(d) };
-      msg = { type, reqId, items };
+      // the acknowledgment fields are there only when more than one is asked for
+      let acks = 1;
+      let ackWaitMs = 0;
+      if (decoding.hasContent(d)) {
+        acks = decoding.readVarUint(d);
+        ackWaitMs = decoding.readVarUint(d);
+        if (acks < 2 || acks > MAX_ACKS) throw new ProtocolError(`add asks for ${acks} acknowledgments (2 to ${MAX_ACKS}, or none)`);
+        if (ackWaitMs > MAX_ACK_WAIT_MS) throw new ProtocolError(`add waits ${ackWaitMs} ms for acknowledgments (at most ${MAX_ACK_WAIT_MS})`);
+      }
+      msg = { type, reqId, items, acks, ackWaitMs };
       break;
     }
     case MessageType.Count:
@@ -292,7 +341,7 @@ export function readMessage(data: Uint8Array): Message {
     case MessageType.Reply: {
       const reqId = decoding.readVarUint(d);
       const status = decoding.readVarUint(d);
-      if (status > 2) throw new ProtocolError(`unknown reply status ${status}`);
+      if (status > 3) throw new ProtocolError(`unknown reply status ${status}`);
       msg = { type, reqId, status: status as ReplyStatusNumber, value: decoding.readVarUint(d), message: readBoundedString(d, 'reply message', 4096) };
       break;
     }
@@ -311,6 +360,12 @@ export function readMessage(data: Uint8Array): Message {
     }
     case MessageType.Tallied:
       msg = { type, reqId: decoding.readVarUint(d), count: decoding.readVarUint(d), digest: decoding.readVarUint(d) };
+      break;
+    case MessageType.Replicate:
+      msg = { type, ackId: decoding.readVarUint(d), update: decoding.readVarUint8Array(d) };
+      break;
+    case MessageType.Durable:
+      msg = { type, ackId: decoding.readVarUint(d) };
       break;
     case MessageType.Watch:
       msg = { type, reqId: decoding.readVarUint(d), tenant: readBoundedString(d, 'tenant') };

@@ -15,11 +15,21 @@ import { mulberry32, type Rng } from './prng.ts';
 /** Settings that keep simulated runs short; the simulated time is cheap, but every beat is a message. */
 const TIMING = { HEARTBEAT_MS: '500', ANTI_ENTROPY_MS: '1000', RECONNECT_MAX_MS: '500', GOSSIP_DELAY_MS: '20', COUNTER_TIMEOUT_MS: '1000' };
 
-/** A log that keeps what was appended across crashes of its counter (the page cache survives a SIGKILL). */
+/**
+ * A log that keeps what was appended across crashes of its counter (the page cache survives a
+ * SIGKILL). It also knows which appends an fsync covered, for tests that take the power away
+ * (`powerLoss`): a durable append covers every append before it, as an fdatasync of one file does.
+ */
 export class MemoryLog implements UpdateLog {
   private snapshot: Uint8Array | null = null;
   private updates: Uint8Array[] = [];
   private logBytes = 0;
+  /** Appends ever made, and how many of those an fsync covered; `updates` holds those after `compacted`. */
+  private appended = 0;
+  private synced = 0;
+  private compacted = 0;
+  /** How long an fsync takes: 1 to `fsyncMs` ms (seeded). A test may slow a disk down. */
+  fsyncMs = 3;
 
   constructor(
     private readonly clock: SimClock,
@@ -29,14 +39,33 @@ export class MemoryLog implements UpdateLog {
   append(update: Uint8Array, durable: boolean): Promise<void> {
     this.updates.push(update.slice());
     this.logBytes += update.length;
+    const upTo = ++this.appended;
     if (!durable) return Promise.resolve();
     // an fsync takes a little while; the acknowledgment waits for it
-    return new Promise((resolve) => this.clock.push(resolve, 1 + Math.floor(this.rng() * 3)));
+    return new Promise((resolve) =>
+      this.clock.push(() => {
+        this.synced = Math.max(this.synced, upTo);
+        resolve();
+      }, 1 + Math.floor(this.rng() * this.fsyncMs)),
+    );
   }
 
-  /** Every append is kept across crashes here, so there is nothing to wait for. */
+  /** Every append is kept across crashes here, so there is nothing to wait for; a power loss is another matter. */
   sync(): Promise<void> {
+    this.synced = this.appended;
     return Promise.resolve();
+  }
+
+  /** What a power loss would leave of this log now: the snapshot and the appends an fsync covered. */
+  onDisk(): Recovered {
+    return { snapshot: this.snapshot, updates: this.updates.slice(0, Math.max(0, this.synced - this.compacted)), damaged: [], tornTail: false };
+  }
+
+  /** The power goes: appends no fsync covered are lost. For a counter that is not running. */
+  powerLoss(): void {
+    this.updates = this.onDisk().updates;
+    this.appended = this.synced = Math.max(this.synced, this.compacted);
+    this.logBytes = this.updates.reduce((n, u) => n + u.length, 0);
   }
 
   /** Small, so that seeded runs compact too. */
@@ -48,6 +77,9 @@ export class MemoryLog implements UpdateLog {
     this.snapshot = snapshot();
     this.updates = [];
     this.logBytes = 0;
+    // the snapshot is written and synced before the logs it covers go
+    this.compacted = this.appended;
+    this.synced = Math.max(this.synced, this.appended);
   }
 
   async close(): Promise<void> {}
