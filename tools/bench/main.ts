@@ -52,7 +52,7 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
                        get_count_tls: the same over HTTPS to a mesh with TLS on every socket,
                        certificates made with openssl; ratio to the same plain ceiling)
   --profile DIR        instead of the figures: run the mesh under node --cpu-prof (coordinator and
-                       counters), drive --profile-route (post_single|post_batch|get_count) for
+                       counters), drive --profile-route (post_single, post_batch, get_count, or a _quorum one) for
                        --seconds (default 20), stop the processes and print the top self time
   --node-arg ARG       extra Node flag for the direct mesh's processes (repeatable), e.g. to try a
                        preloaded patch: --node-arg --import=./patch.mjs
@@ -60,6 +60,8 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
 `;
 
 type Mode = 'smoke' | 'quick' | 'full';
+const PROFILE_ROUTES = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const;
+type ProfileRoute = (typeof PROFILE_ROUTES)[number];
 type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
 const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
 
@@ -79,7 +81,7 @@ interface Options {
   ab: [string, string] | null;
   only: Set<Figure>;
   profileDir: string | null;
-  profileRoute: 'post_single' | 'post_batch' | 'get_count';
+  profileRoute: ProfileRoute;
   partitionHoldMs: number;
   check: boolean;
   nodeArgs: string[];
@@ -193,8 +195,8 @@ function parseArgs(argv: string[]): Options | null {
         break;
       case '--profile-route': {
         const v = value();
-        if (v !== 'post_single' && v !== 'post_batch' && v !== 'get_count') throw new UsageError('--profile-route is post_single, post_batch or get_count');
-        o.profileRoute = v;
+        if (!PROFILE_ROUTES.includes(v as ProfileRoute)) throw new UsageError(`--profile-route is one of ${PROFILE_ROUTES.join(', ')}`);
+        o.profileRoute = v as ProfileRoute;
         break;
       }
       case '--check':
@@ -863,9 +865,16 @@ async function profileRun(o: Options, root: string, secret: string, say: Say, cl
   const stamp = Date.now();
   const mesh = await startDirectMesh(path.join(root, 'mesh'), secret, 3, (name) => [...o.nodeArgs, '--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-name', `${name}-${stamp}.cpuprofile`]);
   cleanups.push(() => mesh.close());
-  const request = o.profileRoute === 'post_single' ? () => postSingleRequest() : o.profileRoute === 'get_count' ? () => getCountRequest() : () => postBatchRequest(o.batch);
+  const requests: Record<ProfileRoute, () => autocannon.Request> = {
+    post_single: () => postSingleRequest(),
+    post_single_quorum: () => postSingleRequest('?w=quorum'),
+    post_batch: () => postBatchRequest(o.batch),
+    get_count: () => getCountRequest(),
+    get_count_quorum: () => getCountRequest('?r=quorum'),
+  };
+  const request = requests[o.profileRoute];
   const connections = o.profileRoute === 'post_batch' ? o.batchConnections : o.connections;
-  if (o.profileRoute === 'get_count') {
+  if (o.profileRoute.startsWith('get_count')) {
     const c = await CounterClient.connect(mesh.counters[0]!.address, secret);
     await loadBatches(c, fill(10_000, 1000), 4);
     c.close();
