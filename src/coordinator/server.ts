@@ -2,7 +2,7 @@
  * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters; and the
  * operator's routes: /metrics and the status page (/, /status/events).
  */
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest, type onResponseHookHandler } from 'fastify';
 import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { bearerMatches } from '../shared/secret.ts';
@@ -107,6 +107,8 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   });
 
   app.setNotFoundHandler((req, reply) => {
+    // no route, so no route hook: unmatched requests are counted here, as they are answered
+    if (metrics) reply.raw.once('finish', () => metrics.onResponse(undefined, req.method, reply.statusCode, reply.elapsedTime));
     if (req.url.length > MAX_URL_LENGTH) return sendError(reply, 414, 'URI_TOO_LONG', `the URL is longer than ${MAX_URL_LENGTH} characters`);
     const path = req.url.split('?')[0] ?? '';
     const allowed = ALLOWED.find(([re]) => re.test(path));
@@ -131,9 +133,15 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
   // METRICS=off: no hook at all, for the same reason
   const metrics = config.metrics ? new CoordinatorMetrics(pool) : null;
   if (metrics) {
-    app.addHook('onResponse', (req, reply, done) => {
-      metrics.onResponse(req.routeOptions.url, req.method, reply.statusCode, reply.elapsedTime);
-      done();
+    // an onResponse hook per route, added as the route is registered: its template is known here,
+    // so a request pays no lookup of it (fastify's request.routeOptions builds an object per call)
+    app.addHook('onRoute', (route) => {
+      const template = route.url;
+      const observe: onResponseHookHandler = (req, reply, done) => {
+        metrics.onResponse(template, req.method, reply.statusCode, reply.elapsedTime);
+        done();
+      };
+      route.onResponse = route.onResponse ? [...[route.onResponse].flat(), observe] : [observe];
     });
   }
   const page = new StatusPage({ coordinatorId: config.id, heartbeatMs: config.heartbeatMs }, pool, metrics);
