@@ -222,6 +222,8 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
 
   log(`starting a mesh of ${opts.counters} counters and ${readers > 0 ? 'two coordinators' : 'a coordinator'}`);
   const mesh = await Mesh.start({ counters: opts.counters, coordinators: readers > 0 ? 2 : 1, env: opts.env });
+  // where to watch the run from another shell (the secret is this throwaway mesh's own)
+  log(`metrics: curl ${mesh.url('/metrics')}   counters: ${mesh.counters.map((c) => `http://${c.host}:${c.port}/metrics`).join(' ')} with -H 'authorization: Bearer ${mesh.secret}'`);
   const reads: ReadResult = { requests: 0, answered: 0, rejectedByStatus: {}, failed: 0, stale: 0, aboveSent: 0, strict, examples: [] };
   /** Per tenant: items sent so far (counted before the request leaves) and acknowledged so far. */
   const sentSoFar = new Array<number>(opts.tenants).fill(0);
