@@ -49,6 +49,8 @@ function hash32(s: string): number {
 
 export class CounterPool {
   private readonly links = new Map<string, CounterLink>();
+  /** Rendezvous weights by counter id (see weight). */
+  private readonly weights = new Map<string, number>();
   /** Links made from members' announcements rather than from COUNTERS. */
   private readonly learned = new Set<CounterLink>();
   private readonly refresh: TimerHandle;
@@ -126,7 +128,14 @@ export class CounterPool {
 
   /** Rendezvous weight of a counter for this coordinator. */
   private weight(link: CounterLink): number {
-    return hash32(`${this.config.id}\u0000${link.id}`);
+    // asked several times per request (home, replicas); a counter's id never changes its weight
+    const id = link.id;
+    let w = this.weights.get(id);
+    if (w === undefined) {
+      w = hash32(`${this.config.id}\u0000${id}`);
+      this.weights.set(id, w);
+    }
+    return w;
   }
 
   /** Adds items on the home counter, or the next one that takes them; resolves once they are stored. */
