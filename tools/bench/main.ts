@@ -461,7 +461,7 @@ interface Paired {
   rounds: Round[];
 }
 
-/** The longest wait for a quiet machine before a throughput round. */
+/** The longest wait for a quiet machine before a throughput round (a smoke run does not wait). */
 const QUIET_TIMEOUT_MS = 30_000;
 
 /** Alternates ceiling and mesh rounds (order flipped every round); medians of each. */
@@ -473,8 +473,10 @@ async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: 
   for (let r = 0; r < o.rounds; r++) {
     const order: ['mesh' | 'ceiling', string][] = r % 2 === 0 ? [['ceiling', ceilingUrl], ['mesh', meshUrl]] : [['mesh', meshUrl], ['ceiling', ceilingUrl]];
     for (const [which, url] of order) {
-      const waited = await waitQuiet(pids(), QUIET_TIMEOUT_MS);
-      if (waited >= QUIET_TIMEOUT_MS) say(`  (the processes were still busy after ${QUIET_TIMEOUT_MS / 1000} s; round started anyway)`);
+      if (o.mode !== 'smoke') {
+        const waited = await waitQuiet(pids(), QUIET_TIMEOUT_MS);
+        if (waited >= QUIET_TIMEOUT_MS) say(`  (the processes were still busy after ${QUIET_TIMEOUT_MS / 1000} s; round started anyway)`);
+      }
       const res = await drive(url, o.connections, o.roundS, request());
       (which === 'mesh' ? mesh : ceiling).push(res);
       say(`  ${what} round ${r + 1} ${which.padEnd(7)} ${fmtInt(res.rps)} req/s  p50 ${res.p50} ms  p99 ${res.p99} ms  driver ${res.driverCores.toFixed(2)} cores${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
