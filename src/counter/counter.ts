@@ -71,7 +71,7 @@ export interface CounterRuntime {
  * one update and one step, however big.
  */
 const REPLAY_STEP_BYTES = 16 * 1024 * 1024;
-/** Replay and catch-up progress is logged at most this often. */
+/** Replay progress is logged at most this often (a catch-up is one sync message: it logs when it ends). */
 const PROGRESS_LOG_MS = 3000;
 
 interface PendingAdd {
