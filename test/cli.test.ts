@@ -215,6 +215,10 @@ test('up: serves the API, restarts a SIGKILLed counter which catches up, and sto
   for (const i of [0, 1]) {
     await waitFor(async () => (await fetch(counterUrl(i, '/ready'), { headers: { authorization: `Bearer ${secret}` } })).ok, 20_000, `counter-${i + 1} to be ready${tail(u)}`);
   }
+  // and until the coordinator has heard so from both: a counter that turns ready may become its
+  // home counter, and read-your-writes does not span that switch (README, Guarantees)
+  const bothReady = async () => ((await (await fetch(`${api}/counters`)).json()) as { ready: boolean }[]).filter((c) => c.ready).length === 2;
+  await waitFor(bothReady, 20_000, `the coordinator to see both counters ready${tail(u)}`);
 
   // both body shapes; a duplicate is accepted and counted once
   let res = await post({ tenant, id: 'a' });
