@@ -199,12 +199,8 @@ test('write failure: appends reject, health flips, the next round recovers', asy
   await again.store.close();
 });
 
-test("non-durable appends (a peer's updates) resolve without an fdatasync; a lazy sync follows, and a durable append syncs them at once", async () => {
-  const dir = dirs.make();
-  const { text, updates } = makeDoc();
-  writeItems(text, 0, 6);
-  const { store } = await openStore(dir);
-  // white-box: count the syncs of the current log
+/** White-box: counts the fdatasyncs of the store's current log from now on. */
+function countSyncs(store: LogStore): () => number {
   const fh = (store as unknown as { current: { fh: FileHandle } }).current.fh;
   let syncs = 0;
   const realSync = fh.datasync.bind(fh);
@@ -212,15 +208,24 @@ test("non-durable appends (a peer's updates) resolve without an fdatasync; a laz
     syncs++;
     return realSync();
   };
+  return () => syncs;
+}
+
+test("non-durable appends (a peer's updates) resolve without an fdatasync; a lazy sync follows, and a durable append syncs them at once", async () => {
+  const dir = dirs.make();
+  const { text, updates } = makeDoc();
+  writeItems(text, 0, 6);
+  const { store } = await openStore(dir);
+  const syncs = countSyncs(store);
   for (const u of updates.slice(0, 3)) await store.append(u, false);
-  assert.is(syncs, 0, 'no sync waited for');
-  await waitFor(() => syncs === 1, 5000, 'the lazy sync within LAZY_SYNC_MS');
+  assert.is(syncs(), 0, 'no sync waited for');
+  await waitFor(() => syncs() === 1, 5000, 'the lazy sync within LAZY_SYNC_MS');
   await store.append(updates[3]!, false);
   await store.append(updates[4]!);
-  assert.is(syncs, 2, 'the durable append synced (covering the non-durable one before it)');
+  assert.is(syncs(), 2, 'the durable append synced (covering the non-durable one before it)');
   await store.append(updates[5]!, false);
   await store.close();
-  assert.is(syncs, 3, 'close syncs what is left');
+  assert.is(syncs(), 3, 'close syncs what is left');
 
   const again = await openStore(dir);
   assert.equal(again.recovered.updates, updates);
@@ -231,19 +236,13 @@ test('sync(): after non-durable appends it syncs at once; with nothing unsynced 
   const { text, updates } = makeDoc();
   writeItems(text, 0, 1);
   const { store } = await openStore(dirs.make());
-  const fh = (store as unknown as { current: { fh: FileHandle } }).current.fh;
-  let syncs = 0;
-  const realSync = fh.datasync.bind(fh);
-  fh.datasync = () => {
-    syncs++;
-    return realSync();
-  };
+  const syncs = countSyncs(store);
   await store.sync();
-  assert.is(syncs, 0, 'nothing to sync');
+  assert.is(syncs(), 0, 'nothing to sync');
   await store.append(updates[0]!, false);
-  assert.is(syncs, 0);
+  assert.is(syncs(), 0);
   await store.sync();
-  assert.is(syncs, 1, 'the peer update is on disk before sync() resolves, not a second later');
+  assert.is(syncs(), 1, 'the peer update is on disk before sync() resolves, not a second later');
   await store.close();
 });
 
