@@ -470,6 +470,13 @@ interface Paired {
 /** The longest wait for a quiet machine before a throughput round (a smoke run does not wait). */
 const QUIET_TIMEOUT_MS = 30_000;
 
+/** Waits for a quiet machine before a throughput round (not in a smoke run), saying when it never came. */
+async function quietBeforeRound(o: Options, pids: number[], say: Say): Promise<void> {
+  if (o.mode === 'smoke') return;
+  const waited = await waitQuiet(pids, QUIET_TIMEOUT_MS);
+  if (waited >= QUIET_TIMEOUT_MS) say(`  (the processes were still busy after ${QUIET_TIMEOUT_MS / 1000} s; round started anyway)`);
+}
+
 /** Alternates ceiling and mesh rounds (order flipped every round); medians of each. */
 async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: () => autocannon.Request | autocannon.Request[], say: Say, what: string, pids: () => number[]): Promise<Paired> {
   await drive(ceilingUrl, o.connections, o.warmupS, request());
@@ -479,10 +486,7 @@ async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: 
   for (let r = 0; r < o.rounds; r++) {
     const order: ['mesh' | 'ceiling', string][] = r % 2 === 0 ? [['ceiling', ceilingUrl], ['mesh', meshUrl]] : [['mesh', meshUrl], ['ceiling', ceilingUrl]];
     for (const [which, url] of order) {
-      if (o.mode !== 'smoke') {
-        const waited = await waitQuiet(pids(), QUIET_TIMEOUT_MS);
-        if (waited >= QUIET_TIMEOUT_MS) say(`  (the processes were still busy after ${QUIET_TIMEOUT_MS / 1000} s; round started anyway)`);
-      }
+      await quietBeforeRound(o, pids(), say);
       const res = await drive(url, o.connections, o.roundS, request());
       (which === 'mesh' ? mesh : ceiling).push(res);
       say(`  ${what} round ${r + 1} ${which.padEnd(7)} ${fmtInt(res.rps)} req/s  p50 ${res.p50} ms  p99 ${res.p99} ms  driver ${res.driverCores.toFixed(2)} cores${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
@@ -934,7 +938,7 @@ async function compareMeshes(o: Options, root: string, secret: string, say: Say,
     for (let r = 0; r < o.rounds; r++) {
       const order = r % 2 === 0 ? meshes : [...meshes].reverse();
       for (const [name, m] of order) {
-        await waitQuiet(pids(), QUIET_TIMEOUT_MS);
+        await quietBeforeRound(o, pids(), say);
         const x = await drive(m.url, connections, o.roundS, request());
         res.get(name)!.push(x);
         say(`  ${route} round ${r + 1} ${name.padEnd(12)} ${fmtInt(x.rps * perReq)} ${perReq > 1 ? 'items' : 'req'}/s  p50 ${x.p50} ms  p99 ${x.p99} ms`);
