@@ -74,6 +74,10 @@ const REPLAY_STEP_BYTES = 16 * 1024 * 1024;
 /** Replay progress is logged at most this often (a catch-up is one sync message: it logs when it ends). */
 const PROGRESS_LOG_MS = 3000;
 
+function percent(done: number, total: number): number {
+  return Math.floor((100 * done) / Math.max(1, total));
+}
+
 interface PendingAdd {
   items: Item[];
   /** Counters, this one included, that must have the items on disk; 1: this one alone. */
@@ -217,7 +221,7 @@ export class Counter implements CounterApi {
     if (this.closing) return 'counter is shutting down';
     if (this.replaying) {
       const { done, total } = this.replaying;
-      return `counter is loading DATA_DIR: ${Math.floor((100 * done) / Math.max(1, total))}% replayed (${done} of ${total} bytes)`;
+      return `counter is loading DATA_DIR: ${percent(done, total)}% replayed (${done} of ${total} bytes)`;
     }
     if (this.needsPeerSync) return 'counter found damaged data on disk and waits to sync from a peer';
     if (this.catchingUp) return 'counter just started and is catching up from its peers';
@@ -418,7 +422,7 @@ export class Counter implements CounterApi {
       if (i < all.length) {
         if (this.clock.now() - loggedAt >= PROGRESS_LOG_MS) {
           loggedAt = this.clock.now();
-          this.log.info({ done: progress.done, total, items: this.gset.size }, `replaying DATA_DIR: ${Math.floor((100 * progress.done) / total)}%`);
+          this.log.info({ done: progress.done, total, items: this.gset.size }, `replaying DATA_DIR: ${percent(progress.done, total)}%`);
         }
         await new Promise<void>((resolve) => this.clock.setImmediate(resolve));
       }
