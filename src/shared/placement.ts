@@ -207,10 +207,10 @@ function placeBounded(rankings: Member[][], f: number, bound: number): Member[][
 /**
  * Shard s found every member with room already among its own. One swap always frees a place:
  * let Y be such a member; some shard t without Y holds a member W that s lacks, and t takes Y while
- * s takes W (W's load is unchanged, Y's grows within the bound). Such a t exists: s holds fewer than
- * f <= n members, so some W is outside s; W is full (else s would have picked it), and if every shard holding W also held Y, Y (which also holds s)
- * would hold more than `bound` shards. t gives up its most recently added member when it can, so
- * the swap costs a low-ranked replica rather than a home.
+ * s takes W (W's load is unchanged, Y's grows within the bound). Such a t exists: s holds fewer
+ * than f <= n members, so some W is outside s; W is full (else s would have picked it); and if
+ * every shard holding W also held Y, Y (which also holds s) would be over the bound. t gives up its
+ * most recently added member when it can, so the swap costs a low-ranked replica, not a home.
  */
 function swapIn(s: number, rankings: Member[][], chosen: Member[][], load: Map<Member, number>, bound: number): void {
   const mine = chosen[s]!;
