@@ -13,8 +13,12 @@ import { waitFor } from '../src/shared/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 
+/** The directory of shard 0's log store: the tests here run with SHARDS=1, so it holds every tenant. */
+function shardDir(c: CounterNode): string {
+  return path.join(c.dataDir, 'shards', '0');
+}
 function logFiles(c: CounterNode): string[] {
-  return fs.readdirSync(c.dataDir).filter((f) => /^log-\d+\.ylog$/.test(f)).sort().map((f) => path.join(c.dataDir, f));
+  return fs.readdirSync(shardDir(c)).filter((f) => /^log-\d+\.ylog$/.test(f)).sort().map((f) => path.join(shardDir(c), f));
 }
 function logBytes(c: CounterNode): number {
   // a compaction may delete a log between the listing and the stat
@@ -84,7 +88,7 @@ test('an item acknowledged by one counter survives that counter being killed and
 );
 
 test('torn tail, garbage tail and a corrupted snapshot: the counter starts, says so, and converges', () =>
-  withMesh({ counters: 2, env: { COMPACT_BYTES: '65536' } }, async (mesh) => {
+  withMesh({ counters: 2, env: { COMPACT_BYTES: '65536', SHARDS: '1' } }, async (mesh) => {
     const [a, b] = mesh.counters as [CounterNode, CounterNode];
     const expected = new Map<string, number>();
     let seq = 0;
@@ -116,13 +120,13 @@ test('torn tail, garbage tail and a corrupted snapshot: the counter starts, says
 
     // a corrupted snapshot: moved aside, not ready until synced from a peer, then converged
     await a.process.kill('SIGKILL');
-    const snap = path.join(a.dataDir, 'snapshot.ydoc');
+    const snap = path.join(shardDir(a), 'snapshot.ydoc');
     assert.ok(fs.existsSync(snap), 'compaction wrote a snapshot');
     const bytes = fs.readFileSync(snap);
     bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
     fs.writeFileSync(snap, bytes);
     await mesh.restartCounter(a); // ready only after syncing from b
-    assert.ok(fs.readdirSync(a.dataDir).some((f) => f.startsWith('snapshot.ydoc.damaged-')), 'damaged snapshot kept aside');
+    assert.ok(fs.readdirSync(shardDir(a)).some((f) => f.startsWith('snapshot.ydoc.damaged-')), 'damaged snapshot kept aside');
     assert.ok(a.process.output.some((l) => l.includes('damaged')), 'an error names the damaged file');
     await mesh.waitConverged(expected);
     assert.ok(b.process.running);
@@ -130,7 +134,7 @@ test('torn tail, garbage tail and a corrupted snapshot: the counter starts, says
 );
 
 test('compaction under concurrent writes loses nothing and shrinks the log', () =>
-  withMesh({ counters: 1, env: { COMPACT_BYTES: '65536' } }, async (mesh) => {
+  withMesh({ counters: 1, env: { COMPACT_BYTES: '65536', SHARDS: '1' } }, async (mesh) => {
     const [a] = mesh.counters as [CounterNode];
     let expected = 0;
     let maxLog = 0;
@@ -144,7 +148,7 @@ test('compaction under concurrent writes loses nothing and shrinks the log', () 
     };
     await Promise.all([0, 1, 2, 3].map(writer));
     assert.is(await mesh.counterCount(a, 'comp'), expected);
-    assert.ok(fs.existsSync(path.join(a.dataDir, 'snapshot.ydoc')), 'a snapshot was written');
+    assert.ok(fs.existsSync(path.join(shardDir(a), 'snapshot.ydoc')), 'a snapshot was written');
     assert.ok(maxLog > 0 && logBytes(a) < 2 * 65536 + 8192, `log bounded by compaction (now ${logBytes(a)} bytes)`);
     await a.process.kill('SIGKILL');
     await mesh.restartCounter(a);

@@ -13,7 +13,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import pino from 'pino';
-import { MemoryLog, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
+import { MemoryDisk, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
 import { MessageType, readMessage, type Item } from '../src/protocol/messages.ts';
@@ -24,7 +24,7 @@ const silent = pino({ level: 'silent' });
 /** How many items of `tenant` counter `c` would hold after a power loss now (its fsynced log only). */
 function countOnDisk(c: SimCounter, tenant: string): number {
   const gset = new GSet(silent);
-  const { snapshot, updates } = c.log.onDisk();
+  const { snapshot, updates } = c.disk.log(c.counter!.shardOf(tenant)).onDisk();
   gset.applyUpdates(snapshot ? [snapshot, ...updates] : updates, STORAGE);
   const n = gset.count(tenant);
   gset.close();
@@ -130,8 +130,8 @@ test('w=2: acknowledged only once a peer has the items on disk; the home counter
       const home = mesh.counters.find((c) => c.id === pool.replicas('t')[0]!.id)!;
       const others = mesh.counters.filter((c) => c !== home);
       // the peers' disks are slower than the network: an acknowledgment sent before the fsync would show
-      for (const c of others) c.log.fsyncMs = 40;
-      const replicates = () => mesh.net.sentByType.get(MessageType.Replicate) ?? 0;
+      for (const c of others) c.disk.fsyncMs = 40;
+      const replicates = () => mesh.net.sentByType.get(MessageType.ShardReplicate) ?? 0;
       const before = replicates();
 
       // the control: a w=one write is acknowledged on the home counter's disk alone
@@ -161,10 +161,10 @@ test('w=2: acknowledged only once a peer has the items on disk; the home counter
 
       // the home counter dies and its log is lost; the others lose what no fsync covered
       await mesh.crashCounter(home.index);
-      home.log = new MemoryLog(mesh.clock, mesh.rng);
+      home.disk = new MemoryDisk(mesh.clock, mesh.rng);
       for (const c of others) {
         await mesh.crashCounter(c.index);
-        c.log.powerLoss();
+        c.disk.powerLoss();
       }
       for (const c of others) await mesh.startCounter(c.index);
       const counted = () => acked.every((its) => others.every((c) => c.counter!.count(its[0]!.tenant) === its.length));

@@ -276,8 +276,9 @@ test('Counter.close detaches its document listeners, is idempotent and leaves th
   try {
     const counter = await Counter.start(config, silent);
     assert.is(await counter.add([{ tenant: 't', id: 'x' }]), 1);
-    // Y.Doc keeps its listeners per event name (lib0 ObservableV2); Counter and Gossip each add one for 'update'
-    const updateListeners = () => (counter.gset.doc as unknown as { _observers: Map<string, Set<unknown>> })._observers.get('update')?.size ?? 0;
+    // Y.Doc keeps its listeners per event name (lib0 ObservableV2); the shard's GSet and the metrics add them for 'update'
+    const doc = counter.shardDoc(counter.shardOf('t'))!;
+    const updateListeners = () => (doc as unknown as { _observers: Map<string, Set<unknown>> })._observers.get('update')?.size ?? 0;
     assert.ok(updateListeners() >= 1, 'listeners attached while running');
     const first = counter.close();
     assert.is(counter.close(), first, 'a second close returns the same promise');

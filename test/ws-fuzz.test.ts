@@ -43,13 +43,25 @@ import {
   writeHello,
   writeReply,
   writeStatus,
-  writeSync,
+  writeShardSync,
 } from '../src/protocol/messages.ts';
 import { mulberry32 } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Math.floor(Math.random() * 2 ** 31));
 console.log(`ws-fuzz: SEED=${SEED}`);
 const MAX_MESSAGE_BYTES = 64 * 1024;
+/** The mesh's SHARDS (the default): peer hellos must name it, and shard ids are below it. */
+const SHARDS = 64;
+
+/** A hello as a real process sends it: peers name the mesh's SHARDS. */
+function hello(role: 'peer' | 'coordinator', nodeId: string, address: string): Uint8Array {
+  return writeHello(role === 'peer' ? { role, nodeId, address, shards: SHARDS } : { role, nodeId, address });
+}
+
+/** A sync message about one of the mesh's shards. */
+function shardSync(write: Parameters<typeof writeShardSync>[1]): Uint8Array {
+  return writeShardSync(int(0, SHARDS - 1), write);
+}
 /** Fuzz clients connect from this loopback IP, so their lines in the counter's log are theirs. */
 const CLIENT_IP = '127.0.0.60';
 const CONNECTIONS = 500;
@@ -97,7 +109,7 @@ const awarenessUpdate = (() => {
 /** Valid frames of every type: material for truncation (a truncated frame never decodes). */
 function validFrames(): Uint8Array[] {
   return [
-    writeHello({ role: pick(['peer', 'coordinator']), nodeId: `fz-${int(0, 99)}`, address: '127.0.0.1:1' }),
+    hello(pick(['peer', 'coordinator']), `fz-${int(0, 99)}`, '127.0.0.1:1'),
     writeAdd(int(0, 1e6), [{ tenant: 'wsfz-a', id: `x${int(0, 1e6)}` }, { tenant: 'wsfz-b', id: 'y' }]),
     writeCount(int(0, 1e6), 'wsfz-a'),
     writeTally(int(0, 1e6), 'wsfz-a', pick([[], ['c1'], ['c1', 'fz-peer']])),
@@ -108,9 +120,9 @@ function validFrames(): Uint8Array[] {
     writeReply(int(0, 1e6), ReplyStatus.Ok, int(0, 1e6), 'ok'),
     writeStatus({ id: 'fz', address: '127.0.0.1:1', ready: true, items: 3, members: [] }),
     writeAwareness(awarenessUpdate),
-    writeSync((e) => syncProtocol.writeSyncStep1(e, doc)),
-    writeSync((e) => syncProtocol.writeSyncStep2(e, doc)),
-    writeSync((e) => syncProtocol.writeUpdate(e, update)),
+    shardSync((e) => syncProtocol.writeSyncStep1(e, doc)),
+    shardSync((e) => syncProtocol.writeSyncStep2(e, doc)),
+    shardSync((e) => syncProtocol.writeUpdate(e, update)),
   ];
 }
 
@@ -171,7 +183,7 @@ function malformed(): Fuzz {
     case 7:
       return { kind: 'over-long count tenant', data: writeCount(1, 'w'.repeat(int(1025, 5000))) };
     case 8:
-      return { kind: 'over-long hello id', data: writeHello({ role: 'peer', nodeId: 'n'.repeat(int(1025, 3000)), address: '' }) };
+      return { kind: 'over-long hello id', data: hello('peer', 'n'.repeat(int(1025, 3000)), '') };
     case 9:
       return { kind: 'unknown role', data: concat(varUint(MessageType.Hello), varUint(5), new TextEncoder().encode('admin'), varUint(0), varUint(0)) };
     case 10:
@@ -191,15 +203,15 @@ function malformed(): Fuzz {
 function brokenPeerMessage(): Fuzz {
   switch (int(0, 6)) {
     case 0:
-      return { kind: 'sync: unknown sync type', data: concat(varUint(MessageType.Sync), varUint(int(3, 300)), bytes(int(0, 10))) };
+      return { kind: 'sync: unknown sync type', data: concat(varUint(MessageType.ShardSync), varUint(int(0, SHARDS - 1)), varUint(int(3, 300)), bytes(int(0, 10))) };
     case 1:
-      return { kind: 'sync: broken update', data: writeSync((e) => syncProtocol.writeUpdate(e, brokenUpdate())) };
+      return { kind: 'sync: broken update', data: shardSync((e) => syncProtocol.writeUpdate(e, brokenUpdate())) };
     case 2:
-      return { kind: 'sync: broken step 2', data: writeSync((e) => syncProtocol.writeSyncStep2(e, doc, Y.encodeStateVector(new Y.Doc()))).map((b, i, a) => (i === a.length - 1 ? b ^ 0xff : b)) };
+      return { kind: 'sync: broken step 2', data: shardSync((e) => syncProtocol.writeSyncStep2(e, doc, Y.encodeStateVector(new Y.Doc()))).map((b, i, a) => (i === a.length - 1 ? b ^ 0xff : b)) };
     case 3:
-      return { kind: 'sync: update length lie', data: concat(varUint(MessageType.Sync), varUint(syncProtocol.messageYjsUpdate), varUint(update.length + int(1, 1000)), update) };
+      return { kind: 'sync: update length lie', data: concat(varUint(MessageType.ShardSync), varUint(int(0, SHARDS - 1)), varUint(syncProtocol.messageYjsUpdate), varUint(update.length + int(1, 1000)), update) };
     case 4:
-      return { kind: 'sync: truncated state vector', data: concat(varUint(MessageType.Sync), varUint(syncProtocol.messageYjsSyncStep1), varUint(int(3, 50)), Uint8Array.of(int(1, 127))) };
+      return { kind: 'sync: truncated state vector', data: concat(varUint(MessageType.ShardSync), varUint(int(0, SHARDS - 1)), varUint(syncProtocol.messageYjsSyncStep1), varUint(int(3, 50)), Uint8Array.of(int(1, 127))) };
     case 5:
       return { kind: 'awareness: truncated update', data: writeAwareness(truncated(awarenessUpdate)) };
     default: {
@@ -215,9 +227,9 @@ function brokenPeerMessage(): Fuzz {
 
 /** Well-formed messages the counter does not take on this kind of connection. */
 function wrongDirection(role: 'peer' | 'coordinator' | null): Fuzz {
-  const forCoordinator = [writeReply(1, ReplyStatus.Ok, 1), writeStatus({ id: 'x', address: 'a:1', ready: true, items: 0, members: [] }), writeSync((e) => syncProtocol.writeSyncStep1(e, doc)), writeAwareness(awarenessUpdate)];
-  const forPeer = [writeAdd(1, [{ tenant: 'wsfz-a', id: 'z' }]), writeCount(1, 'wsfz-a'), writeReply(1, ReplyStatus.Ok, 1), writeHello({ role: 'coordinator', nodeId: 'c', address: '' })];
-  const beforeHello = [writeCount(1, 'wsfz-a'), writeSync((e) => syncProtocol.writeSyncStep1(e, doc)), writeAwareness(awarenessUpdate), writeReply(1, 0, 0)];
+  const forCoordinator = [writeReply(1, ReplyStatus.Ok, 1), writeStatus({ id: 'x', address: 'a:1', ready: true, items: 0, members: [] }), shardSync((e) => syncProtocol.writeSyncStep1(e, doc)), writeAwareness(awarenessUpdate)];
+  const forPeer = [writeAdd(1, [{ tenant: 'wsfz-a', id: 'z' }]), writeCount(1, 'wsfz-a'), writeReply(1, ReplyStatus.Ok, 1), hello('coordinator', 'c', '')];
+  const beforeHello = [writeCount(1, 'wsfz-a'), shardSync((e) => syncProtocol.writeSyncStep1(e, doc)), writeAwareness(awarenessUpdate), writeReply(1, 0, 0)];
   return { kind: `wrong direction (${role ?? 'before hello'})`, data: pick(role === 'coordinator' ? forCoordinator : role === 'peer' ? forPeer : beforeHello) };
 }
 
@@ -316,10 +328,10 @@ function defineTests(overTls: boolean): void {
     const cases: { kind: string; pre: 'none' | 'peer' | 'coordinator'; f: Fuzz }[] = [
       { kind: 'garbage before hello', pre: 'none', f: { kind: 'garbage', data: Uint8Array.of(0xde, 0xad, 0xbe, 0xef) } },
       { kind: 'unknown type', pre: 'coordinator', f: { kind: 'unknown type', data: Uint8Array.of(0x7f) } },
-      { kind: 'truncated hello', pre: 'none', f: { kind: 'truncated', data: writeHello({ role: 'peer', nodeId: 'x', address: 'y' }).subarray(0, 4) } },
+      { kind: 'truncated hello', pre: 'none', f: { kind: 'truncated', data: hello('peer', 'x', 'y').subarray(0, 4) } },
       { kind: 'truncated add', pre: 'coordinator', f: { kind: 'truncated', data: writeAdd(1, [{ tenant: 'wsfz', id: 'abc' }]).subarray(0, 6) } },
-      { kind: 'malformed sync', pre: 'peer', f: { kind: 'sync', data: concat(varUint(MessageType.Sync), varUint(9)) } },
-      { kind: 'malformed update', pre: 'peer', f: { kind: 'update', data: writeSync((e) => syncProtocol.writeUpdate(e, Uint8Array.of(1, 1, 0xff))) } },
+      { kind: 'malformed sync', pre: 'peer', f: { kind: 'sync', data: concat(varUint(MessageType.ShardSync), varUint(int(0, SHARDS - 1)), varUint(9)) } },
+      { kind: 'malformed update', pre: 'peer', f: { kind: 'update', data: shardSync((e) => syncProtocol.writeUpdate(e, Uint8Array.of(1, 1, 0xff))) } },
       { kind: 'malformed awareness', pre: 'peer', f: { kind: 'awareness', data: writeAwareness(truncated(awarenessUpdate)) } },
       { kind: 'text frame', pre: 'coordinator', f: { kind: 'text', data: 'hello' } },
       { kind: 'invalid UTF-8 text frame', pre: 'none', f: { kind: 'text', data: Uint8Array.of(0xc3, 0x28), text: true } },
@@ -337,7 +349,7 @@ function defineTests(overTls: boolean): void {
     };
     for (const c of cases) {
       const conn = await connect();
-      if (c.pre !== 'none') send(conn.ws, { kind: 'hello', data: writeHello({ role: c.pre, nodeId: `fz-log-${conn.port}`, address: '127.0.0.1:1' }) });
+      if (c.pre !== 'none') send(conn.ws, { kind: 'hello', data: hello(c.pre, `fz-log-${conn.port}`, '127.0.0.1:1') });
       send(conn.ws, c.f);
       const { code } = await closedWithin(conn.closed, 3000, c.kind);
       assert.is(code, expectCode[c.kind] ?? CloseCode.ProtocolError, `${c.kind}: close code`);
@@ -353,7 +365,7 @@ function defineTests(overTls: boolean): void {
     const conn = await connect();
     let replies = 0;
     conn.ws.on('message', () => replies++);
-    send(conn.ws, { kind: 'hello', data: writeHello({ role: 'coordinator', nodeId: 'flood', address: '' }) });
+    send(conn.ws, { kind: 'hello', data: hello('coordinator', 'flood', '') });
     for (let i = 0; i < 3000; i++) send(conn.ws, { kind: 'count', data: writeCount(i + 1, `wsfz-flood-${i % 7}`) });
     for (let i = 0; i < 3000; i++) send(conn.ws, malformed());
     const { code } = await closedWithin(conn.closed, 10_000, 'flood');
@@ -373,7 +385,7 @@ function defineTests(overTls: boolean): void {
       const conn = await connect();
       const r = rng();
       const role = r < 0.3 ? null : r < 0.65 ? 'peer' : 'coordinator';
-      if (role) send(conn.ws, { kind: 'hello', data: writeHello({ role, nodeId: `fz-${SEED}-${i}`, address: `127.0.0.1:${int(1, 65535)}` }) });
+      if (role) send(conn.ws, { kind: 'hello', data: hello(role, `fz-${SEED}-${i}`, `127.0.0.1:${int(1, 65535)}`) });
       const steps = int(0, 5);
       const sent: string[] = [];
       for (let s = 0; s < steps; s++) {
@@ -421,7 +433,7 @@ function defineTests(overTls: boolean): void {
    */
   test('an awareness state with an unusable address does not crash the counters', async () => {
     const conn = await connect();
-    send(conn.ws, { kind: 'hello', data: writeHello({ role: 'peer', nodeId: 'fz-ghost', address: '127.0.0.1:1' }) });
+    send(conn.ws, { kind: 'hello', data: hello('peer', 'fz-ghost', '127.0.0.1:1') });
     const state = (clock: number, address: string) => {
       const e = encoding.createEncoder();
       encoding.writeVarUint(e, 1);

@@ -1,8 +1,9 @@
 /**
- * One counter process: recovers its state from disk, replicates it with its peers, takes writes
- * from coordinators and acknowledges them only once they are fsynced.
+ * One counter process: recovers its shards from disk, replicates them with its peers, takes
+ * writes from coordinators and acknowledges them only once they are fsynced.
  */
 import type { FastifyInstance } from 'fastify';
+import type * as Y from 'yjs';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
 import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
@@ -11,7 +12,10 @@ import type { Transport, Wire } from '../protocol/wire.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
 import { DataDirLock, LogStore } from './storage/index.ts';
-import { Gossip } from './gossip.ts';
+import { ShardDirs } from './storage/shard-dirs.ts';
+import { Gossip, type ShardDocs, type ShardUpdate } from './gossip.ts';
+import { Shard, type Recovered, type UpdateLog } from './shard.ts';
+import { shardOf } from '../shared/placement.ts';
 import { PeerAcks } from './peer-acks.ts';
 import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
@@ -28,32 +32,23 @@ const PULL_TIMEOUT_MS = 1000;
 /** How long a starting counter waits for a peer's state before it serves anyway. */
 const CATCH_UP_GRACE_HEARTBEATS = 2;
 
-/** What the counter needs of its disk: the log store in production, an in-memory log in tests. */
-export interface UpdateLog {
-  /** Appends one update; resolves once written, and fsynced when `durable`. Appends are written in order. */
-  append(update: Uint8Array, durable: boolean): Promise<void>;
-  /** Resolves once every update appended so far is fsynced (non-durable appends included). */
-  sync(): Promise<void>;
-  /** True when the log has grown enough to be folded into a snapshot (the store's policy). */
-  needsCompaction(): boolean;
-  /** Writes the state `snapshot` returns as the new snapshot and drops the logs it covers. */
-  compact(snapshot: () => Uint8Array): Promise<void>;
-  close(): Promise<void>;
-}
+export type { Recovered, UpdateLog } from './shard.ts';
 
-/** What a counter's disk held at start. */
-export interface Recovered {
-  snapshot: Uint8Array | null;
-  updates: Uint8Array[];
-  /** Files found damaged and moved aside: the counter waits for a peer's state before serving. */
-  damaged: string[];
-  tornTail: boolean;
+/** What the counter needs of its disk: one log store per shard (DATA_DIR in production, in memory in tests). */
+export interface ShardStorage {
+  /** Opens one shard's log store, creating it when missing, with what it held. */
+  open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered }>;
+  /**
+   * A store of the format before shards, if DATA_DIR holds one: every update in it (snapshot
+   * first), and `done` to delete it once its items are in the shards.
+   */
+  legacy?(): Promise<{ updates: Uint8Array[]; done(): Promise<void> } | null>;
 }
 
 /** The world a counter runs in; tests substitute the in-memory network, log and a virtual clock. */
 export interface CounterRuntime {
-  log: UpdateLog;
-  /** DATA_DIR's lock, released once the log is closed (none in tests). */
+  storage: ShardStorage;
+  /** DATA_DIR's lock, released once the logs are closed (none in tests). */
   lock?: { close(): Promise<void> };
   transport: Transport;
   clock: Clock;
@@ -89,19 +84,18 @@ interface PendingAdd {
 }
 
 export class Counter implements CounterApi {
-  readonly gset: GSet;
+  /** The shards this counter holds, by shard id. */
+  private readonly shards: (Shard | undefined)[];
+  readonly shardDocs: ShardDocs;
   private readonly gossip: Gossip;
   private readonly sessions: CoordinatorSessions;
-  private readonly storage: UpdateLog;
+  private readonly storage: ShardStorage;
+  private readonly clientID: number | undefined;
   private readonly lock: { close(): Promise<void> } | undefined;
   private readonly clock: Clock;
   private app: FastifyInstance | null = null;
   private queue: PendingAdd[] = [];
   private flushScheduled = false;
-  /** Settles once every update appended so far is in the log (appends are written in order). */
-  private logTail: Promise<void> = Promise.resolve();
-  /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */
-  private persistDebt = false;
   private needsPeerSync = false;
   /** Set until the recovered state is applied (see load): bytes done of the total. */
   private replaying: { done: number; total: number } | null = { done: 0, total: 0 };
@@ -121,36 +115,45 @@ export class Counter implements CounterApi {
     private readonly log: Logger,
   ) {
     this.replayStepBytes = runtime.replayStepBytes ?? REPLAY_STEP_BYTES;
-    this.storage = runtime.log;
+    this.storage = runtime.storage;
     this.lock = runtime.lock;
     this.clock = runtime.clock;
+    this.clientID = runtime.clientID;
     this.metrics = runtime.metrics ?? null;
-    this.gset = new GSet(log.child({ component: 'gset' }), runtime.clientID);
+    this.shards = new Array(config.shards).fill(undefined);
+    const shards = this.shards;
+    this.shardDocs = {
+      count: config.shards,
+      get: (id) => shards[id],
+      *held() {
+        for (const s of shards) if (s) yield s;
+      },
+    };
     const events = {
       onSynced: (peer: string | null) => this.onSynced(peer),
       onMembersChanged: () => this.statusChanged(),
-      onApplied: (update: Uint8Array, origin: Origin) => void this.commit(update, origin).catch(() => {}),
-      onReplicated: (produced: Uint8Array[], origin: Origin) => this.storeReplicated(produced, origin),
+      onApplied: (shard: Shard, update: Uint8Array, origin: Origin) => void this.commit(shard, update, origin).catch(() => {}),
+      onReplicated: (shard: Shard, produced: Uint8Array[], origin: Origin) => this.storeReplicated(shard, produced, origin),
       observer: this.metrics?.gossip,
     };
-    this.gossip = new Gossip(config, this.gset, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock);
+    this.gossip = new Gossip(config, this.shardDocs, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock, runtime.clientID);
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }), runtime.clock);
-    this.gset.onCounted = this.sessions.watches.counted;
   }
 
-  /** Takes DATA_DIR's lock, opens and replays the log store in it, then listens on COUNTER_PORT. */
+  /** Takes DATA_DIR's lock, checks its layout, listens on COUNTER_PORT, then loads the shards in it. */
   static async start(config: Readonly<CounterConfig>, log: Logger): Promise<Counter> {
     const t0 = Date.now();
     const metrics = config.metrics ? new CounterMetrics(config.antiEntropyMs, systemClock) : null;
     const storageLog = log.child({ component: 'storage' });
-    // the lock is the directory's, taken once; log stores (one today) open under it
+    // the lock is the directory's, taken once; the shards' log stores open under it
     const lock = await DataDirLock.acquire(config.dataDir, storageLog);
-    const { store, recovered } = await LogStore.open({ dir: config.dataDir, compactBytes: config.compactBytes, log: storageLog, observer: metrics?.storage }).catch(async (err: unknown) => {
+    const dirs = await ShardDirs.open(config.dataDir, config.shards).catch(async (err: unknown) => {
       await lock.close();
       throw err;
     });
+    const storage = dirStorage(dirs, config, storageLog, metrics);
     const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: config.maxMessageBytes, log });
-    const counter = new Counter(config, { log: store, lock, transport, clock: systemClock, metrics }, log);
+    const counter = new Counter(config, { storage, lock, transport, clock: systemClock, metrics }, log);
     metrics?.attach(counter, { connectedPeers: () => counter.connectedPeers() });
     try {
       // listening while the state loads: /health, /ready (which says how far replay got) and
@@ -159,7 +162,7 @@ export class Counter implements CounterApi {
       counter.app = app;
       await app.listen({ host: config.host, port: config.port });
       log.info({ id: config.id, address: app.server.address(), advertised: config.advertiseAddress }, 'counter listening; loading DATA_DIR');
-      await counter.load(recovered);
+      await counter.load();
       metrics?.replayed((Date.now() - t0) / 1000);
       log.info({ id: config.id, ready: counter.ready }, 'counter joined the mesh');
       return counter;
@@ -174,9 +177,9 @@ export class Counter implements CounterApi {
     return new Counter(config, runtime, log);
   }
 
-  /** Applies what recovery read from DATA_DIR (not ready meanwhile), then joins the mesh. */
-  async load(recovered: Recovered): Promise<void> {
-    await this.recover(recovered);
+  /** Opens every shard's log store and applies what it held (not ready meanwhile), then joins the mesh. */
+  async load(): Promise<void> {
+    await this.recover();
     this.join();
   }
 
@@ -228,20 +231,42 @@ export class Counter implements CounterApi {
     return '';
   }
 
+  /** The shard holding a tenant's items. */
+  shardOf(tenant: string): number {
+    return shardOf(tenant, this.config.shards);
+  }
+
   count(tenant: string): number {
-    return this.gset.count(tenant);
+    return this.shards[this.shardOf(tenant)]?.gset.count(tenant) ?? 0;
   }
 
   digest(tenant: string): number {
-    return this.gset.digest(tenant);
+    return this.shards[this.shardOf(tenant)]?.gset.digest(tenant) ?? 0;
   }
 
-  pull(peerId: string): Promise<void> {
-    return this.gossip.pull(peerId, PULL_TIMEOUT_MS);
+  /** Distinct items held, over every shard held. */
+  get items(): number {
+    let n = 0;
+    for (const s of this.shards) if (s) n += s.gset.size;
+    return n;
+  }
+
+  get tenants(): number {
+    let n = 0;
+    for (const s of this.shards) if (s) n += s.gset.tenants;
+    return n;
+  }
+
+  shardDoc(shard: number): Y.Doc | undefined {
+    return this.shards[shard]?.gset.doc;
+  }
+
+  pull(peerId: string, tenant: string): Promise<void> {
+    return this.gossip.pull(peerId, this.shardOf(tenant), PULL_TIMEOUT_MS);
   }
 
   status(): Status {
-    return { id: this.id, address: this.address, ready: this.ready, items: this.gset.size, members: this.gossip.members(), lag: this.metrics?.lagByPeer() };
+    return { id: this.id, address: this.address, ready: this.ready, items: this.items, members: this.gossip.members(), shards: this.config.shards, lag: this.metrics?.lagByPeer() };
   }
 
   /** Peers linked to this counter: its awareness state lists them (gossip publishes it for routing). */
@@ -294,21 +319,20 @@ export class Counter implements CounterApi {
       const cut = await closeWithin(this.app, timeoutMs);
       if (cut > 0) this.log.warn({ connections: cut, timeoutMs }, 'connections still open at SHUTDOWN_TIMEOUT_MS were cut');
     }
-    await this.logTail.catch(() => {});
     try {
-      await this.storage.close();
+      await Promise.all([...this.shardDocs.held()].map((s) => s.close()));
     } finally {
       await this.lock?.close();
-      this.gset.close();
     }
   }
 
   /**
-   * The write path: apply the batch in memory (one transaction), store it (log, fsync), hand it to
-   * gossip, and acknowledge once the log has it. Items already held make no update, but may be
-   * in an append still in flight: their acknowledgment waits for the log's tail. Adds that need
-   * peers' acknowledgments too make gossip send the update at once, marked for answers, and wait
-   * for those after the fsync (README "Guarantees").
+   * The write path: sort the batch's items by shard, apply each shard's in memory (one
+   * transaction), store them (each shard's log, fsync), hand them to gossip, and acknowledge once
+   * every log has them. Items already held make no update, but may be in an append still in
+   * flight: their acknowledgment waits for the shard log's tail. Adds that need peers'
+   * acknowledgments too make gossip send the updates at once, marked for answers, and wait for
+   * those after the fsync (README "Guarantees").
    */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
@@ -322,12 +346,27 @@ export class Counter implements CounterApi {
       waitMs = Math.min(waitMs, b.ackWaitMs);
     }
     let peerAcks: PeerAcks | null = null;
+    const touched: Shard[] = [];
     try {
-      const update = this.gset.add(batch.length === 1 ? batch[0]!.items : batch.flatMap((b) => b.items), peersNeeded > 0);
-      if (update && peersNeeded > 0) peerAcks = new PeerAcks(peersNeeded, waitMs, this.clock);
-      // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
-      await (update ? this.commit(update, LOCAL, true, peerAcks) : this.logTail.then(() => this.storage.sync()));
-      if (this.persistDebt) await this.repayDebt();
+      const stored: Promise<void>[] = [];
+      const toReplicate: ShardUpdate[] = [];
+      for (const [shard, items] of this.byShard(batch)) {
+        touched.push(shard);
+        const update = shard.gset.add(items, peersNeeded > 0);
+        // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
+        if (!update) {
+          stored.push(shard.synced());
+          continue;
+        }
+        stored.push(this.commit(shard, update, LOCAL, true, peersNeeded === 0));
+        if (peersNeeded > 0) toReplicate.push({ shard: shard.id, update });
+      }
+      if (toReplicate.length > 0) {
+        peerAcks = new PeerAcks(peersNeeded, waitMs, this.clock);
+        this.gossip.replicate(toReplicate, peerAcks);
+      }
+      await Promise.all(stored);
+      for (const shard of touched) await shard.repayDebt();
     } catch (err) {
       const e = new Error(`could not store the items durably: ${(err as Error).message}`);
       for (const b of batch) b.reject(e);
@@ -340,91 +379,132 @@ export class Counter implements CounterApi {
     for (const b of batch) if (b.acks >= 2) b.resolve(counters);
   }
 
+  /** The batch's items by the shard holding them (every shard is held: see TODO placement). */
+  private byShard(batch: readonly PendingAdd[]): Map<Shard, Item[]> {
+    const out = new Map<Shard, Item[]>();
+    for (const b of batch) {
+      for (const it of b.items) {
+        const shard = this.shards[this.shardOf(it.tenant)]!;
+        const list = out.get(shard);
+        if (list) list.push(it);
+        else out.set(shard, [it]);
+      }
+    }
+    return out;
+  }
+
   /**
-   * A peer's update that the peer waits to hear is on our disk (a Replicate): stored like any
-   * peer's update, but fsynced at once. Resolves once it is on disk, and with it everything
+   * A peer's update that the peer waits to hear is on our disk (a ShardReplicate): stored like
+   * any peer's update, but fsynced at once. Resolves once it is on disk, and with it everything
    * appended before (appends are written in order). Nothing new: we held it already, maybe in an
    * append still in flight or written without a sync.
    */
-  private async storeReplicated(produced: Uint8Array[], origin: Origin): Promise<void> {
+  private async storeReplicated(shard: Shard, produced: Uint8Array[], origin: Origin): Promise<void> {
     let last: Promise<void> | null = null;
-    for (const update of produced) last = this.commit(update, origin, true);
-    await (last ?? this.logTail.then(() => this.storage.sync()));
-    if (this.persistDebt) await this.repayDebt();
+    for (const update of produced) last = this.commit(shard, update, origin, true);
+    await (last ?? shard.synced());
+    await shard.repayDebt();
   }
 
   /**
-   * Every update this counter applied, its own or a peer's, goes here once: first to the log (our
-   * own writes fsynced before they are acknowledged; a peer's are durable on that peer already,
-   * so they are synced with our next write, unless the peer waits for our acknowledgment), then
-   * to gossip, which forwards it to the peers that lack it (at once, with `peerAcks`, to collect
-   * their acknowledgments). Resolves when the log has it.
+   * Every update this counter applied to a shard, its own or a peer's, goes here once: first to
+   * the shard's log (our own writes fsynced before they are acknowledged; a peer's are durable on
+   * that peer already, so they are synced with our next write, unless the peer waits for our
+   * acknowledgment), then to gossip, which forwards it to the peers that lack it. A write waiting
+   * for peers' acknowledgments (`gossipNow` false) was handed to gossip by the caller. Resolves
+   * when the log has it.
    */
-  private commit(update: Uint8Array, origin: Origin, durable = origin.kind !== 'peer', peerAcks: PeerAcks | null = null): Promise<void> {
-    const appended = this.storage.append(update, durable);
-    this.logTail = appended;
-    appended.then(
-      () => {
-        // the store owns the policy (see LogStore.needsCompaction); the counter asks after each append
-        if (this.storage.needsCompaction()) this.compact();
-      },
-      () => {
-        // the storage layer logged it; the next acknowledged write rewrites the whole state
-        this.persistDebt = true;
-      },
-    );
-    this.gossip.enqueue(update, origin, peerAcks);
+  private commit(shard: Shard, update: Uint8Array, origin: Origin, durable = origin.kind !== 'peer', gossipNow = true): Promise<void> {
+    const appended = shard.append(update, durable);
+    if (gossipNow) this.gossip.enqueue(shard.id, update, origin);
     return appended;
   }
 
-  private async repayDebt(): Promise<void> {
-    await this.storage.compact(() => this.snapshot());
-    this.persistDebt = false;
-    this.log.info('disk takes writes again; state rewritten to a fresh snapshot');
-  }
-
-  private snapshot(): Uint8Array {
-    return this.gset.encodeState();
-  }
-
-  private compact(): void {
-    this.storage.compact(() => this.snapshot()).catch((err: Error) => this.log.error({ err }, 'compaction failed; will retry after the next write'));
-  }
-
-  private async recover({ snapshot, updates, damaged, tornTail }: Recovered): Promise<void> {
+  /**
+   * Opens every shard's log store and replays what it held; then moves the items of a pre-shard
+   * store, if DATA_DIR has one, into the shards.
+   */
+  private async recover(): Promise<void> {
     const t0 = this.clock.now();
-    const all = snapshot ? [snapshot, ...updates] : updates;
-    await this.replay(all);
+    const opened: { shard: Shard; recovered: Recovered }[] = [];
+    for (let id = 0; id < this.config.shards; id++) {
+      const { log, recovered } = await this.storage.open(id);
+      const shard = new Shard(id, log, this.log.child({ shard: id }), this.clientID === undefined ? undefined : this.clientID + 1 + id);
+      shard.gset.onCounted = this.sessions.watches.counted;
+      this.shards[id] = shard;
+      opened.push({ shard, recovered });
+    }
+    await this.replay(opened);
+    const damaged = opened.flatMap((o) => o.recovered.damaged);
     if (damaged.length > 0) {
       this.needsPeerSync = true;
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
-    if (damaged.length > 0 || tornTail) await this.storage.compact(() => this.snapshot());
-    this.log.info({ items: this.gset.size, tenants: this.gset.tenants, ms: this.clock.now() - t0, clientID: this.gset.doc.clientID }, 'state loaded');
+    for (const { shard, recovered } of opened) if (recovered.damaged.length > 0 || recovered.tornTail) await shard.rewrite();
+    await this.migrateLegacy();
+    this.log.info({ items: this.items, tenants: this.tenants, shards: opened.length, ms: this.clock.now() - t0 }, 'state loaded');
+  }
+
+  /**
+   * A DATA_DIR written before shards: its one document's items are added to the shards (fsynced),
+   * and only then is the old store deleted. A crash in between repeats the move, which adds nothing twice.
+   */
+  private async migrateLegacy(): Promise<void> {
+    const legacy = await this.storage.legacy?.();
+    if (!legacy) return;
+    const old = new GSet(this.log.child({ component: 'migration' }));
+    try {
+      old.applyUpdates(legacy.updates, STORAGE);
+      const items = [...old.items()];
+      const byShard = new Map<Shard, Item[]>();
+      for (const it of items) {
+        const shard = this.shards[this.shardOf(it.tenant)]!;
+        const list = byShard.get(shard);
+        if (list) list.push(it);
+        else byShard.set(shard, [it]);
+      }
+      const stored: Promise<void>[] = [];
+      for (const [shard, list] of byShard) {
+        const update = shard.gset.add(list);
+        stored.push(update ? shard.append(update, true) : shard.synced());
+      }
+      await Promise.all(stored);
+      await legacy.done();
+      this.log.warn({ items: items.length, tenants: old.tenants }, 'moved the items of a DATA_DIR written before shards into shards; the old store is deleted');
+    } finally {
+      old.close();
+    }
   }
 
   /** Applies the recovered updates in steps, logging progress; not ready meanwhile. */
-  private async replay(all: readonly Uint8Array[]): Promise<void> {
-    const total = all.reduce((n, u) => n + u.length, 0);
+  private async replay(opened: readonly { shard: Shard; recovered: Recovered }[]): Promise<void> {
+    const work = opened.map(({ shard, recovered: { snapshot, updates } }) => ({ shard, all: snapshot ? [snapshot, ...updates] : updates }));
+    const total = work.reduce((n, w) => n + w.all.reduce((m, u) => m + u.length, 0), 0);
     const progress = { done: 0, total };
     this.replaying = progress;
     const step = this.replayStepBytes;
     let loggedAt = this.clock.now();
-    if (total > step) this.log.info({ bytes: total, updates: all.length }, 'replaying DATA_DIR');
-    for (let i = 0; i < all.length; ) {
-      let j = i;
-      let bytes = 0;
-      while (j < all.length && (j === i || bytes + all[j]!.length <= step)) bytes += all[j++]!.length;
-      this.gset.applyUpdates(all.slice(i, j), STORAGE);
-      progress.done += bytes;
-      i = j;
-      if (i < all.length) {
+    let sinceTurn = 0;
+    if (total > step) this.log.info({ bytes: total, shards: work.length }, 'replaying DATA_DIR');
+    for (const { shard, all } of work) {
+      for (let i = 0; i < all.length; ) {
+        let j = i;
+        let bytes = 0;
+        while (j < all.length && (j === i || bytes + all[j]!.length <= step)) bytes += all[j++]!.length;
+        shard.gset.applyUpdates(all.slice(i, j), STORAGE);
+        progress.done += bytes;
+        i = j;
         if (this.clock.now() - loggedAt >= PROGRESS_LOG_MS) {
           loggedAt = this.clock.now();
-          this.log.info({ done: progress.done, total, items: this.gset.size }, `replaying DATA_DIR: ${percent(progress.done, total)}%`);
+          this.log.info({ done: progress.done, total, items: this.items }, `replaying DATA_DIR: ${percent(progress.done, total)}%`);
         }
-        await new Promise<void>((resolve) => this.clock.setImmediate(resolve));
+        // the event loop gets a turn after every step's worth of bytes: /ready and /metrics answer meanwhile
+        sinceTurn += bytes;
+        if (sinceTurn >= step) {
+          sinceTurn = 0;
+          await new Promise<void>((resolve) => this.clock.setImmediate(resolve));
+        }
       }
     }
     this.replaying = null;
@@ -447,7 +527,7 @@ export class Counter implements CounterApi {
     if (!this.catchingUp) return;
     this.catchingUp = false;
     this.clock.clear(this.catchUpTimer);
-    this.log.info({ why, items: this.gset.size }, 'ready');
+    this.log.info({ why, items: this.items }, 'ready');
     this.statusChanged();
   }
 
@@ -455,7 +535,7 @@ export class Counter implements CounterApi {
     this.endCatchUp(`synced from ${peer ?? 'a peer'}`);
     if (this.needsPeerSync) {
       this.needsPeerSync = false;
-      this.log.info({ peer, items: this.gset.size }, 'synced from a peer after damaged data; ready');
+      this.log.info({ peer, items: this.items }, 'synced from a peer after damaged data; ready');
     }
     this.statusChanged();
   }
@@ -468,3 +548,24 @@ export class Counter implements CounterApi {
     }
   }
 }
+
+/** Shards in DATA_DIR/shards/<id>/, one log store each; COMPACT_BYTES is shared among them. */
+function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logger, metrics: CounterMetrics | null): ShardStorage {
+  const compactBytes = Math.max(MIN_SHARD_COMPACT_BYTES, Math.floor(config.compactBytes / config.shards));
+  return {
+    open: async (shard) => {
+      const { store, recovered } = await LogStore.open({ dir: dirs.dir(shard), compactBytes, log: log.child({ shard }), observer: metrics?.storage });
+      return { log: store, recovered };
+    },
+    legacy: async () => {
+      if (!dirs.legacy) return null;
+      const { store, recovered } = await LogStore.open({ dir: dirs.root, compactBytes: config.compactBytes, log, observer: undefined });
+      await store.close();
+      const { snapshot, updates } = recovered;
+      return { updates: snapshot ? [snapshot, ...updates] : updates, done: () => dirs.removeLegacy() };
+    },
+  };
+}
+
+/** A shard's logs are compacted once past COMPACT_BYTES / SHARDS, but never below this. */
+const MIN_SHARD_COMPACT_BYTES = 64 * 1024;

@@ -1,6 +1,8 @@
 /**
- * Counter ↔ counter replication: y-protocols sync over persistent WebSockets, flooding of every
- * update a counter applies, periodic anti-entropy, and membership through y-protocols awareness.
+ * Counter ↔ counter replication: y-protocols sync over persistent WebSockets, one conversation
+ * per shard on the same socket (each message names its shard, the way one Yjs server serves many
+ * rooms over one connection), flooding of every update a counter applies, periodic anti-entropy,
+ * and membership through y-protocols awareness (on a small document of its own).
  *
  * Each counter's awareness state names the peers it is connected to. An update that came from a
  * peer is forwarded only to the peers that peer is not known to be connected to: in a full mesh
@@ -21,13 +23,14 @@ import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
-import { CloseCode, MessageType, ProtocolError, writeAwareness, writeDurable, writeHello, writeReplicate, writeSync, type Member, type Message } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, writeAwareness, writeDurable, writeHello, writeShardReplicate, writeShardSync, type Member, type Message } from '../protocol/messages.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { formatAddress, isAddress } from '../shared/address.ts';
-import type { GSet, Origin } from './gset.ts';
+import { LOCAL, type Origin } from './gset.ts';
+import type { Shard } from './shard.ts';
 import type { GossipObserver } from './metrics.ts';
 import type { PeerAcks } from './peer-acks.ts';
 
@@ -40,27 +43,44 @@ interface Peer {
   address: string | null;
   origin: Origin;
   /**
-   * One entry per sync step 1 sent on this socket, oldest first: the peer answers each with one
-   * step 2, in order, so the next step 2 received settles the oldest entry (read repair waits on it).
+   * Per shard, one entry per sync step 1 sent on this socket, oldest first: the peer answers each
+   * with one step 2, in order, so the next step 2 received settles the oldest entry (read repair
+   * waits on it).
    */
-  step2Waiters: ((ok: boolean) => void)[];
-  /** Replicates sent on this socket whose Durable has not come, by ack id. */
-  awaitingAcks: Map<number, PeerAcks>;
+  step2Waiters: Map<number, ((ok: boolean) => void)[]>;
+  /** Shards whose answer to the first step 1 has not come yet; null once all came. */
+  unsynced: Set<number> | null;
+  /** ShardReplicates sent on this socket whose Durables have not all come, by ack id. */
+  awaitingAcks: Map<number, { acks: PeerAcks; parts: number }>;
+}
+
+/** The shards a counter holds, as gossip needs them. */
+export interface ShardDocs {
+  /** SHARDS: shard ids are below it. */
+  readonly count: number;
+  get(shard: number): Shard | undefined;
+  held(): Iterable<Shard>;
+}
+
+/** A shard's update to send. */
+export interface ShardUpdate {
+  shard: number;
+  update: Uint8Array;
 }
 
 const noWaiter = (): void => {};
 
 export interface GossipEvents {
-  /** A peer's full state (sync step 2) was applied. */
+  /** A peer's full state (its answers to our first sync step 1 of every shard) was applied. */
   onSynced: (peerId: string | null) => void;
   onMembersChanged: () => void;
-  /** A peer's update changed our state: the counter stores it, then hands it back to `enqueue`. */
-  onApplied: (update: Uint8Array, origin: Origin) => void;
+  /** A peer's update changed a shard here: the counter stores it, then hands it back to `enqueue`. */
+  onApplied: (shard: Shard, update: Uint8Array, origin: Origin) => void;
   /**
-   * A peer's Replicate was applied (`produced`: what it changed here, maybe nothing): the counter
-   * stores it as `onApplied` does, but fsynced at once, and resolves once it is on disk.
+   * A peer's ShardReplicate was applied (`produced`: what it changed here, maybe nothing): the
+   * counter stores it as `onApplied` does, but fsynced at once, and resolves once it is on disk.
    */
-  onReplicated: (produced: Uint8Array[], origin: Origin) => Promise<void>;
+  onReplicated: (shard: Shard, produced: Uint8Array[], origin: Origin) => Promise<void>;
   /** Metrics (METRICS=on): per-peer traffic and state vectors. */
   observer?: GossipObserver | undefined;
 }
@@ -75,22 +95,27 @@ export class Gossip {
   private readonly antiEntropy: TimerHandle;
   /** Peer id → the peer ids it announced being connected to; rebuilt after awareness changes. */
   private linksOf: Map<string, ReadonlySet<string>> | null = null;
-  /** Updates not yet sent, by where they came from (which decides who gets them). */
-  private outbox = new Map<Origin, Uint8Array[]>();
+  /** Updates not yet sent, by where they came from (which decides who gets them), then by shard. */
+  private outbox = new Map<Origin, Map<number, Uint8Array[]>>();
+  /** The document awareness lives on: members are not a shard's business. */
+  private readonly awarenessDoc = new Y.Doc();
   private outboxTimer: TimerHandle | null = null;
   private nextAckId = 1;
   private closed = false;
 
   constructor(
     private readonly config: Readonly<CounterConfig>,
-    private readonly gset: GSet,
+    private readonly shards: ShardDocs,
     private readonly log: Logger,
     private readonly events: GossipEvents,
     private readonly transport: Transport,
     private readonly clock: Clock,
+    /** A fixed Yjs clientID for the awareness document, for seeded test runs only. */
+    clientID?: number,
   ) {
+    if (clientID !== undefined) this.awarenessDoc.clientID = clientID;
     this.configured = new Set(config.peers.map(formatAddress));
-    this.awareness = new awarenessProtocol.Awareness(gset.doc);
+    this.awareness = new awarenessProtocol.Awareness(this.awarenessDoc);
     this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress, peers: [] });
     this.awareness.on('update', this.onAwarenessUpdate);
     this.antiEntropy = clock.setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
@@ -115,11 +140,13 @@ export class Gossip {
    * resolves once its answer is applied, so a count taken afterwards includes the peer's items.
    * Rejects when no link to that peer is open, when the link closes, or after `timeoutMs`.
    */
-  pull(peerId: string, timeoutMs: number): Promise<void> {
+  pull(peerId: string, shardId: number, timeoutMs: number): Promise<void> {
     let peer: Peer | undefined;
     for (const p of this.peers) if (p.id === peerId && p.sock.open) peer = p;
     if (!peer) return Promise.reject(new Error(`no open link to peer ${peerId}`));
-    const { sock, step2Waiters } = peer;
+    const shard = this.shards.get(shardId);
+    if (!shard) return Promise.reject(new Error(`shard ${shardId} is not held here`));
+    const asked = peer;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const settle = (ok: boolean, why: string) => {
@@ -131,9 +158,19 @@ export class Gossip {
       };
       const timer = this.clock.setTimeout(() => settle(false, `no answer within ${timeoutMs} ms`), timeoutMs);
       // the waiter stays queued after a timeout: it still marks which step 2 answers this step 1
-      step2Waiters.push((ok) => settle(ok, 'the link closed'));
-      sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
+      this.sendStep1(asked, shard, (ok) => settle(ok, 'the link closed'));
     });
+  }
+
+  /** Sends a shard's state vector; `waiter` is settled by the step 2 that answers it. */
+  private sendStep1(peer: Peer, shard: Shard, waiter: (ok: boolean) => void = noWaiter, frame = step1Frame(shard)): void {
+    let waiters = peer.step2Waiters.get(shard.id);
+    if (!waiters) {
+      waiters = [];
+      peer.step2Waiters.set(shard.id, waiters);
+    }
+    waiters.push(waiter);
+    peer.sock.send(frame);
   }
 
   /** Takes over an accepted socket whose first message was a peer Hello. */
@@ -184,11 +221,13 @@ export class Gossip {
     let peer: Peer | null = null;
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
-    // the step 1 sent below is the first the peer answers
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: [noWaiter], awaitingAcks: new Map() };
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map() };
     this.peers.add(peer);
-    sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress }));
-    sock.send(writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc)));
+    sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress, shards: this.shards.count }));
+    for (const shard of this.shards.held()) {
+      peer.unsynced!.add(shard.id);
+      this.sendStep1(peer, shard);
+    }
     const states = [...this.awareness.getStates().keys()];
     sock.send(writeAwareness(awarenessProtocol.encodeAwarenessUpdate(this.awareness, states)));
     return peer;
@@ -196,10 +235,10 @@ export class Gossip {
 
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
-    for (const w of peer.step2Waiters.splice(0)) w(false);
+    for (const waiters of peer.step2Waiters.values()) for (const w of waiters.splice(0)) w(false);
     const unanswered = [...peer.awaitingAcks.values()];
     peer.awaitingAcks.clear();
-    for (const acks of unanswered) acks.lost();
+    for (const { acks } of unanswered) acks.lost();
     this.publishLinks();
     this.log.debug({ peer: peer.id ?? peer.sock.remote }, 'peer connection closed');
     this.events.onMembersChanged();
@@ -209,6 +248,10 @@ export class Gossip {
     switch (msg.type) {
       case MessageType.Hello: {
         if (msg.hello.role !== 'peer') throw new ProtocolError('a coordinator hello on a peer connection');
+        if (msg.hello.shards === undefined) throw new ProtocolError('the peer runs a version before shards (its hello names no SHARDS): upgrade it');
+        if (msg.hello.shards !== this.shards.count) {
+          throw new ProtocolError(`SHARDS differ: this counter has ${this.shards.count}, the peer ${msg.hello.shards}; every counter of a mesh needs the same SHARDS`);
+        }
         if (msg.hello.nodeId === this.config.id) {
           // PEERS or a DNS name may include ourselves; stop dialing that address
           if (peer.address) {
@@ -228,25 +271,30 @@ export class Gossip {
         this.events.onMembersChanged();
         return;
       }
-      case MessageType.Sync: {
+      case MessageType.ShardSync: {
+        const shard = this.shardOf(msg.shard);
         // decode and apply first; only then store and forward, outside the blame of the peer's bytes
-        const { kind, reply, produced, stateVector } = this.readSync(msg.decoder, peer.origin);
+        const { kind, reply, produced, stateVector } = this.readSync(shard, msg.decoder, peer.origin);
         if (reply) peer.sock.send(reply);
-        if (stateVector && reply && peer.id !== null) this.events.observer?.onPeerStateVector(peer.id, stateVector, reply.length);
-        for (const update of produced) this.events.onApplied(update, peer.origin);
+        if (stateVector && reply && peer.id !== null) this.events.observer?.onPeerStateVector(peer.id, shard.id, stateVector, reply.length);
+        for (const update of produced) this.events.onApplied(shard, update, peer.origin);
         if (kind === syncProtocol.messageYjsSyncStep2) {
           // applied (and counted) by now: a read repair waiting on this answer can count
-          peer.step2Waiters.shift()?.(true);
-          this.events.onSynced(peer.id);
+          peer.step2Waiters.get(shard.id)?.shift()?.(true);
+          if (peer.unsynced?.delete(shard.id) && peer.unsynced.size === 0) {
+            peer.unsynced = null;
+            this.events.onSynced(peer.id);
+          }
         }
         return;
       }
-      case MessageType.Replicate: {
-        const produced = this.applyUpdate(msg.update, peer.origin);
+      case MessageType.ShardReplicate: {
+        const shard = this.shardOf(msg.shard);
+        const produced = this.applyUpdate(shard, msg.update, peer.origin);
         // structs waiting for an update we missed are not held yet: no acknowledgment for them (the
         // sender's wait runs out); anti-entropy brings the gap, and a retried write is answered
-        const whole = this.gset.holdsAll(msg.update);
-        const stored = this.events.onReplicated(produced, peer.origin);
+        const whole = shard.gset.holdsAll(msg.update);
+        const stored = this.events.onReplicated(shard, produced, peer.origin);
         const { ackId } = msg;
         stored.then(
           () => {
@@ -258,11 +306,13 @@ export class Gossip {
         return;
       }
       case MessageType.Durable: {
-        const acks = peer.awaitingAcks.get(msg.ackId);
-        if (!acks) return; // answered after the write stopped waiting
+        const waiting = peer.awaitingAcks.get(msg.ackId);
+        if (!waiting) return; // answered after the write stopped waiting
+        // one Durable per shard the write touched: the peer has it all once the last came
+        if (--waiting.parts > 0) return;
         peer.awaitingAcks.delete(msg.ackId);
-        if (peer.id === null) acks.lost();
-        else acks.ack(peer.id);
+        if (peer.id === null) waiting.acks.lost();
+        else waiting.acks.ack(peer.id);
         return;
       }
       case MessageType.Awareness:
@@ -281,17 +331,17 @@ export class Gossip {
    * One y-protocols sync message: step 1 (a state vector) is answered with what the peer misses;
    * step 2 and update carry a Yjs update, applied here. Anything thrown is about the peer's bytes.
    */
-  private readSync(decoder: decoding.Decoder, origin: Origin): { kind: number; reply: Uint8Array | null; produced: Uint8Array[]; stateVector?: Uint8Array } {
+  private readSync(shard: Shard, decoder: decoding.Decoder, origin: Origin): { kind: number; reply: Uint8Array | null; produced: Uint8Array[]; stateVector?: Uint8Array } {
     try {
       const kind = decoding.readVarUint(decoder);
       switch (kind) {
         case syncProtocol.messageYjsSyncStep1: {
           const sv = decoding.readVarUint8Array(decoder);
-          return { kind, reply: writeSync((e) => syncProtocol.writeSyncStep2(e, this.gset.doc, sv)), produced: [], stateVector: sv };
+          return { kind, reply: writeShardSync(shard.id, (e) => syncProtocol.writeSyncStep2(e, shard.gset.doc, sv)), produced: [], stateVector: sv };
         }
         case syncProtocol.messageYjsSyncStep2:
         case syncProtocol.messageYjsUpdate:
-          return { kind, reply: null, produced: this.applyUpdate(decoding.readVarUint8Array(decoder), origin) };
+          return { kind, reply: null, produced: this.applyUpdate(shard, decoding.readVarUint8Array(decoder), origin) };
         default:
           throw new ProtocolError(`unknown sync message type ${kind}`);
       }
@@ -301,58 +351,85 @@ export class Gossip {
     }
   }
 
-  /** A peer's Yjs update applied here; what it changed comes back. Anything thrown is about the peer's bytes. */
-  private applyUpdate(update: Uint8Array, origin: Origin): Uint8Array[] {
+  /** The shard a peer's message names; one this mesh does not have is the peer's error. */
+  private shardOf(id: number): Shard {
+    const shard = this.shards.get(id);
+    if (shard) return shard;
+    if (id >= this.shards.count) throw new ProtocolError(`shard ${id} does not exist (SHARDS=${this.shards.count})`);
+    // TODO(placement): a shard this counter does not hold
+    throw new ProtocolError(`shard ${id} is not held here`);
+  }
+
+  /** A peer's Yjs update applied to a shard here; what it changed comes back. Anything thrown is about the peer's bytes. */
+  private applyUpdate(shard: Shard, update: Uint8Array, origin: Origin): Uint8Array[] {
     try {
-      return this.gset.apply(update, origin);
+      return shard.apply(update, origin);
     } catch (err) {
       throw new ProtocolError(`malformed sync message: ${(err as Error).message}`);
     }
   }
 
   /**
-   * Hands an update this counter applied (its own write or a peer's) to replication: it leaves
-   * within GOSSIP_DELAY_MS, merged with the others of that window, to the peers that need it.
-   * With `acks` (a write waiting for peers' acknowledgments, always our own) it leaves now, with
-   * the window's other updates of ours, as a Replicate whose answers `acks` collects.
+   * Hands an update this counter applied to a shard (its own write or a peer's) to replication:
+   * it leaves within GOSSIP_DELAY_MS, merged with the shard's others of that window, to the peers
+   * that need it.
    */
-  enqueue(update: Uint8Array, origin: Origin, acks: PeerAcks | null = null): void {
-    if (this.peers.size === 0) {
-      acks?.seal();
-      return;
-    }
-    if (acks) {
-      const gathered = this.outbox.get(origin) ?? [];
-      this.outbox.delete(origin);
-      gathered.push(update);
-      this.forward(gathered, origin, acks);
-      return;
-    }
+  enqueue(shard: number, update: Uint8Array, origin: Origin): void {
+    if (this.peers.size === 0) return;
     if (this.config.gossipDelayMs === 0) {
-      this.forward([update], origin);
+      this.forward(origin, new Map([[shard, [update]]]));
       return;
     }
-    const pending = this.outbox.get(origin);
+    let byShard = this.outbox.get(origin);
+    if (!byShard) {
+      byShard = new Map();
+      this.outbox.set(origin, byShard);
+    }
+    const pending = byShard.get(shard);
     if (pending) pending.push(update);
-    else this.outbox.set(origin, [update]);
+    else byShard.set(shard, [update]);
     this.outboxTimer ??= this.clock.setTimeout(this.flushOutbox, this.config.gossipDelayMs);
+  }
+
+  /**
+   * A write waiting for peers' acknowledgments (always our own): its updates leave now, one
+   * ShardReplicate per shard, with whatever the window had gathered of ours for those shards;
+   * `acks` hears of each peer once it answered every part.
+   */
+  replicate(updates: readonly ShardUpdate[], acks: PeerAcks): void {
+    if (this.peers.size === 0) {
+      acks.seal();
+      return;
+    }
+    const gathered = this.outbox.get(LOCAL);
+    const byShard = new Map<number, Uint8Array[]>();
+    for (const { shard, update } of updates) {
+      const list = gathered?.get(shard) ?? [];
+      gathered?.delete(shard);
+      list.push(update);
+      byShard.set(shard, list);
+    }
+    this.forward(LOCAL, byShard, acks);
   }
 
   private readonly flushOutbox = (): void => {
     this.outboxTimer = null;
     const outbox = this.outbox;
     this.outbox = new Map();
-    for (const [origin, updates] of outbox) this.forward(updates, origin);
+    for (const [origin, byShard] of outbox) this.forward(origin, byShard);
   };
 
   /**
    * Sends updates to every peer that needs them from us: not their sender, nor peers it reaches
-   * itself. With `acks`, as a Replicate each of them answers.
+   * itself. With `acks`, as ShardReplicates each of them answers.
    */
-  private forward(updates: Uint8Array[], origin: Origin, acks: PeerAcks | null = null): void {
-    const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
+  private forward(origin: Origin, byShard: Map<number, Uint8Array[]>, acks: PeerAcks | null = null): void {
     const ackId = acks ? this.takeAckId() : 0;
-    const frame = acks ? writeReplicate(ackId, merged) : writeSync((e) => syncProtocol.writeUpdate(e, merged));
+    const frames: Uint8Array[] = [];
+    for (const [shard, updates] of byShard) {
+      const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
+      frames.push(acks ? writeShardReplicate(ackId, shard, merged) : writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)));
+    }
     // two counters that dialed each other share two sockets; one copy per peer is enough
     const sentTo = new Set<string>();
     const from = origin.kind === 'peer' ? origin.peerId : null;
@@ -362,13 +439,13 @@ export class Gossip {
       if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
       if (p.id !== null) sentTo.add(p.id);
       if (!acks) {
-        p.sock.send(frame);
+        for (const f of frames) p.sock.send(f);
         continue;
       }
       // a write is waiting: not corked until the end of the turn
-      p.sock.sendNow(frame);
+      for (const f of frames) p.sock.sendNow(f);
       const waiting = p.awaitingAcks;
-      waiting.set(ackId, acks);
+      waiting.set(ackId, { acks, parts: frames.length });
       acks.sentOnLink(() => waiting.delete(ackId));
     }
     acks?.seal();
@@ -441,11 +518,14 @@ export class Gossip {
   /** Anti-entropy: a state vector is a few bytes; the answer carries only what is missing. */
   private compareStateVectors(): void {
     if (this.peers.size === 0) return;
-    const frame = writeSync((e) => syncProtocol.writeSyncStep1(e, this.gset.doc));
-    for (const p of this.peers) {
-      p.step2Waiters.push(noWaiter);
-      p.sock.send(frame);
+    for (const shard of this.shards.held()) {
+      const frame = step1Frame(shard);
+      for (const p of this.peers) this.sendStep1(p, shard, noWaiter, frame);
     }
     this.reconcileDialers();
   }
+}
+
+function step1Frame(shard: Shard): Uint8Array {
+  return writeShardSync(shard.id, (e) => syncProtocol.writeSyncStep1(e, shard.gset.doc));
 }

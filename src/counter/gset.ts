@@ -178,6 +178,25 @@ export class GSet {
     }, origin);
   }
 
+  /** Every item held, once each (a migration reads a whole document this way). */
+  *items(): Generator<Item> {
+    const seen = new Set<string>();
+    // root types read from an update before anyone asked for them are plain AbstractTypes
+    for (const type of this.doc.share.values()) {
+      for (let s = type._start; s !== null; s = s.right) {
+        if (s.deleted || !(s.content instanceof Y.ContentString)) continue;
+        const out: Item[] = [];
+        decodeRecords(s.content.str, (tenant, id) => {
+          const key = encodeRecord(tenant, id);
+          if (seen.has(key)) return;
+          seen.add(key);
+          out.push({ tenant, id });
+        });
+        yield* out;
+      }
+    }
+  }
+
   encodeState(): Uint8Array {
     return Y.encodeStateAsUpdate(this.doc);
   }

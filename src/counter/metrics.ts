@@ -11,13 +11,16 @@ import * as Y from 'yjs';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { createRegistry, HttpMetrics, PREFIX } from '../shared/metrics.ts';
 import type { MeshSocket, Traffic } from '../protocol/mesh-socket.ts';
-import { ReplicationLag } from './replication-lag.ts';
+import { ShardLags } from './replication-lag.ts';
 import type { Clock } from '../shared/clock.ts';
 
 /** What the metrics read from the counter at scrape time. */
 export interface CounterSources {
   readonly ready: boolean;
-  readonly gset: { readonly size: number; readonly tenants: number; readonly doc: Y.Doc };
+  readonly items: number;
+  readonly tenants: number;
+  /** The document of a shard held here, if it is. */
+  shardDoc(shard: number): Y.Doc | undefined;
 }
 
 export interface CounterReaders {
@@ -37,15 +40,20 @@ export interface GossipObserver {
   /** A peer's hello named it: its sockets tally into that peer's traffic from now on. */
   onPeerHello(peerId: string, sock: MeshSocket): void;
   /**
-   * A peer's state vector (sync step 1) was answered.
+   * A peer's state vector of one shard (sync step 1) was answered.
    * @param stateVector as encoded on the wire
    * @param replyBytes bytes of the answer (a sync step 2 frame: what the peer lacks)
    */
-  onPeerStateVector(peerId: string, stateVector: Uint8Array, replyBytes: number): void;
+  onPeerStateVector(peerId: string, shard: number, stateVector: Uint8Array, replyBytes: number): void;
 }
 
-/** Bytes of a sync step-2 frame that carries nothing: message type, sync type, length, and the empty update [0, 0]. */
-const EMPTY_STEP2_BYTES = 5;
+/**
+ * Bytes of a shard's sync step-2 frame that carries nothing: message type, the shard id (a
+ * varUint: one byte below 128, two below 16384), sync type, length, and the empty update [0, 0].
+ */
+function emptyStep2Bytes(shard: number): number {
+  return 5 + (shard < 128 ? 1 : 2);
+}
 
 export class CounterMetrics {
   readonly registry: Registry;
@@ -53,7 +61,7 @@ export class CounterMetrics {
   readonly storage: StorageObserver;
   readonly gossip: GossipObserver;
   private readonly traffic = new Map<string, Traffic>();
-  private lag: ReplicationLag | null = null;
+  private lag: ShardLags | null = null;
   private readonly itemsAccepted: Counter;
   private readonly replay: Gauge;
 
@@ -112,8 +120,8 @@ export class CounterMetrics {
         }
         sock.traffic = t;
       },
-      onPeerStateVector: (peerId, stateVector, replyBytes) => {
-        this.lag?.peerStateVector(peerId, Y.decodeStateVector(stateVector), Math.max(0, replyBytes - EMPTY_STEP2_BYTES));
+      onPeerStateVector: (peerId, shard, stateVector, replyBytes) => {
+        this.lag?.peerStateVector(peerId, shard, Y.decodeStateVector(stateVector), Math.max(0, replyBytes - emptyStep2Bytes(shard)));
       },
     };
     const tallies = this.traffic;
@@ -135,10 +143,10 @@ export class CounterMetrics {
     traffic('gossip_sent_messages_total', 'Mesh messages sent to each peer counter', (t) => t.messagesOut);
   }
 
-  /** Starts reading from the counter (its document exists now). */
+  /** Starts reading from the counter. */
   attach(counter: CounterSources, read: CounterReaders): void {
     // one missed state vector is not yet a reason to measure against now
-    const lag = new ReplicationLag(counter.gset.doc, 2 * this.antiEntropyMs + 500, this.clock);
+    const lag = new ShardLags((shard) => counter.shardDoc(shard), 2 * this.antiEntropyMs + 500, this.clock);
     const clock = this.clock;
     this.lag = lag;
     const registry = this.registry;
@@ -151,8 +159,8 @@ export class CounterMetrics {
           this.set(value());
         },
       });
-    gauge('items', 'Distinct items this counter holds, all tenants', () => counter.gset.size);
-    gauge('tenants', 'Tenants with at least one item', () => counter.gset.tenants);
+    gauge('items', 'Distinct items this counter holds, all tenants', () => counter.items);
+    gauge('tenants', 'Tenants with at least one item', () => counter.tenants);
     gauge('ready', '1 when the counter takes requests, else 0', () => (counter.ready ? 1 : 0));
     gauge('connected_peers', 'Peer counters linked to this one', () => read.connectedPeers());
     new Gauge({

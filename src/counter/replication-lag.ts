@@ -42,16 +42,20 @@ export class ReplicationLag {
   private samples: { at: number; sv: Uint8Array }[] = [];
   private dirty = true;
   private readonly peers = new Map<string, PeerState>();
-  private readonly timer: TimerHandle;
+  private readonly timer: TimerHandle | null;
 
-  /** @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS) */
+  /**
+   * @param staleAfterMs a state vector older than this is overdue (peers send one every ANTI_ENTROPY_MS)
+   * @param sampleEveryMs null: the owner calls `sample` (ShardLags samples all shards on one timer)
+   */
   constructor(
     private readonly doc: Y.Doc,
     private readonly staleAfterMs: number,
     private readonly clock: Clock = systemClock,
+    sampleEveryMs: number | null = SAMPLE_MS,
   ) {
     doc.on('update', this.onUpdate);
-    this.timer = clock.setInterval(() => this.sample(), SAMPLE_MS);
+    this.timer = sampleEveryMs === null ? null : clock.setInterval(() => this.sample(), sampleEveryMs);
   }
 
   /**
@@ -103,7 +107,7 @@ export class ReplicationLag {
   }
 
   close(): void {
-    this.clock.clear(this.timer);
+    if (this.timer) this.clock.clear(this.timer);
     this.doc.off('update', this.onUpdate);
   }
 
@@ -117,5 +121,72 @@ export class ReplicationLag {
     this.dirty = false;
     this.samples.push({ at: this.clock.now(), sv: Y.encodeStateVector(this.doc) });
     if (this.samples.length > MAX_SAMPLES) this.samples.splice(0, this.samples.length - MAX_SAMPLES);
+  }
+}
+
+/**
+ * Replication lag over every shard a counter holds: one ReplicationLag per shard, created when a
+ * peer first sends that shard's state vector, all sampled on one timer. A peer's lag is its worst
+ * shard's age and the sum of the bytes it lacks.
+ */
+export class ShardLags {
+  private readonly shards = new Map<number, ReplicationLag>();
+  private readonly timer: TimerHandle;
+
+  constructor(
+    private readonly docOf: (shard: number) => Y.Doc | undefined,
+    private readonly staleAfterMs: number,
+    private readonly clock: Clock = systemClock,
+  ) {
+    this.timer = clock.setInterval(() => {
+      for (const lag of this.shards.values()) lag.sample();
+    }, SAMPLE_MS);
+  }
+
+  peerStateVector(peerId: string, shard: number, sv: StateVector, missingBytes: number): void {
+    let lag = this.shards.get(shard);
+    if (!lag) {
+      const doc = this.docOf(shard);
+      if (!doc) return;
+      lag = new ReplicationLag(doc, this.staleAfterMs, this.clock, null);
+      this.shards.set(shard, lag);
+    }
+    lag.peerStateVector(peerId, sv, missingBytes);
+  }
+
+  /** A shard no longer held here: its lag is nobody's business now. */
+  dropShard(shard: number): void {
+    this.shards.get(shard)?.close();
+    this.shards.delete(shard);
+  }
+
+  peerIds(): Set<string> {
+    const ids = new Set<string>();
+    for (const lag of this.shards.values()) for (const id of lag.peerIds()) ids.add(id);
+    return ids;
+  }
+
+  missingBytes(peerId: string): number {
+    let n = 0;
+    for (const lag of this.shards.values()) n += lag.missingBytes(peerId);
+    return n;
+  }
+
+  lagSeconds(peerId: string, now = this.clock.now()): number {
+    let worst = 0;
+    for (const lag of this.shards.values()) worst = Math.max(worst, lag.lagSeconds(peerId, now));
+    return worst;
+  }
+
+  byPeer(now = this.clock.now()): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const id of this.peerIds()) out[id] = this.lagSeconds(id, now);
+    return out;
+  }
+
+  close(): void {
+    this.clock.clear(this.timer);
+    for (const lag of this.shards.values()) lag.close();
+    this.shards.clear();
   }
 }

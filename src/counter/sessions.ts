@@ -26,7 +26,7 @@ export interface CounterApi {
   /** The tenant's set digest: equal counts and digests on two counters mean the same ids. */
   digest(tenant: string): number;
   /** Resolves once what the peer holds and this counter lacks is applied (read repair). */
-  pull(peerId: string): Promise<void>;
+  pull(peerId: string, tenant: string): Promise<void>;
   status(): Status;
 }
 
@@ -169,7 +169,7 @@ export class CoordinatorSessions {
           tally();
           return;
         }
-        Promise.all(pullFrom.map((id) => this.counter.pull(id))).then(tally, (err: Error) => {
+        Promise.all(pullFrom.map((id) => this.counter.pull(id, tenant))).then(tally, (err: Error) => {
           this.log.debug({ err: err.message, tenant }, 'read repair could not pull from a peer');
           sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
         });

@@ -45,6 +45,14 @@ export const MessageType = {
   Counts: 12,
   /** Coordinator → counter: stop pushing these tenants' counts. */
   Unwatch: 13,
+  /** y-protocols sync message of one shard's document, counter ↔ counter (Sync's successor). */
+  ShardSync: 14,
+  /**
+   * Counter → counter: one shard's Yjs update that its sender waits to hear is on the receiver's
+   * disk (Replicate's successor). A write spanning several shards sends one per shard, all with
+   * the same ack id; the receiver answers each with Durable.
+   */
+  ShardReplicate: 15,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -85,7 +93,12 @@ export interface Hello {
   role: Role;
   nodeId: string;
   address: string;
+  /** The mesh's SHARDS, from counters (peer hellos must carry it); absent from coordinators. */
+  shards?: number;
 }
+
+/** Most shards a mesh may have (SHARDS): a shard id is below this. */
+export const MAX_SHARDS = 4096;
 
 export interface Member {
   id: string;
@@ -98,6 +111,10 @@ export interface Status {
   ready: boolean;
   items: number;
   members: Member[];
+  /** The mesh's SHARDS. */
+  shards?: number;
+  /** Shards this counter holds and serves (in sync); absent: all of them. */
+  serving?: number[];
   /**
    * Per peer id, seconds since the oldest update this counter holds that the peer's last state
    * vector lacked (0 when it lacked nothing). Absent when the counter runs with METRICS=off.
@@ -119,7 +136,9 @@ export type Message =
   | { type: typeof MessageType.Durable; ackId: number }
   | { type: typeof MessageType.Watch; reqId: number; tenant: string }
   | { type: typeof MessageType.Counts; counts: TenantCount[] }
-  | { type: typeof MessageType.Unwatch; tenants: string[] };
+  | { type: typeof MessageType.Unwatch; tenants: string[] }
+  | { type: typeof MessageType.ShardSync; shard: number; decoder: decoding.Decoder }
+  | { type: typeof MessageType.ShardReplicate; ackId: number; shard: number; update: Uint8Array };
 
 export interface TenantCount {
   tenant: string;
@@ -142,6 +161,23 @@ export function writeSync(write: (e: encoding.Encoder) => void): Uint8Array {
   return frame(MessageType.Sync, write);
 }
 
+/** Wraps an already encoded y-protocols sync message about one shard's document. */
+export function writeShardSync(shard: number, write: (e: encoding.Encoder) => void): Uint8Array {
+  return frame(MessageType.ShardSync, (e) => {
+    encoding.writeVarUint(e, shard);
+    write(e);
+  });
+}
+
+/** @param update a Yjs update (v1) of the shard; the receiver answers `writeDurable(ackId)` once it is on its disk. */
+export function writeShardReplicate(ackId: number, shard: number, update: Uint8Array): Uint8Array {
+  return frame(MessageType.ShardReplicate, (e) => {
+    encoding.writeVarUint(e, ackId);
+    encoding.writeVarUint(e, shard);
+    encoding.writeVarUint8Array(e, update);
+  });
+}
+
 export function writeAwareness(update: Uint8Array): Uint8Array {
   return frame(MessageType.Awareness, (e) => encoding.writeVarUint8Array(e, update));
 }
@@ -151,6 +187,7 @@ export function writeHello(h: Hello): Uint8Array {
     encoding.writeVarString(e, h.role);
     encoding.writeVarString(e, h.nodeId);
     encoding.writeVarString(e, h.address);
+    if (h.shards !== undefined) encoding.writeVarUint(e, h.shards);
   });
 }
 
@@ -285,11 +322,26 @@ function parseStatus(json: string): Status {
     typeof o !== 'object' || o === null || typeof o.id !== 'string' || typeof o.address !== 'string' ||
     typeof o.ready !== 'boolean' || typeof o.items !== 'number' || !Array.isArray(o.members) ||
     !o.members.every((m) => typeof m?.id === 'string' && typeof m?.address === 'string') ||
-    (o.lag !== undefined && !isLagMap(o.lag))
+    (o.lag !== undefined && !isLagMap(o.lag)) ||
+    (o.shards !== undefined && !(Number.isInteger(o.shards) && o.shards >= 1 && o.shards <= MAX_SHARDS)) ||
+    (o.serving !== undefined && !(Array.isArray(o.serving) && o.serving.every((x) => Number.isInteger(x) && x >= 0 && x < MAX_SHARDS)))
   ) {
     throw new ProtocolError('malformed status');
   }
   return o as Status;
+}
+
+function readShardCount(d: decoding.Decoder): number {
+  const n = decoding.readVarUint(d);
+  if (n < 1 || n > MAX_SHARDS) throw new ProtocolError(`hello names ${n} shards (1 to ${MAX_SHARDS})`);
+  return n;
+}
+
+/** A shard id; whether this mesh has that shard is the receiver's check (it knows SHARDS). */
+function readShardId(d: decoding.Decoder): number {
+  const shard = decoding.readVarUint(d);
+  if (shard >= MAX_SHARDS) throw new ProtocolError(`shard ${shard} does not exist (at most ${MAX_SHARDS} shards)`);
+  return shard;
 }
 
 /** A list length no bigger than the bytes left could hold (entries of at least one byte each). */
@@ -313,8 +365,16 @@ export function readMessage(data: Uint8Array): Message {
     case MessageType.Awareness:
       msg = { type, update: decoding.readVarUint8Array(d) };
       break;
-    case MessageType.Hello:
-      msg = { type, hello: { role: readRole(d), nodeId: readBoundedString(d, 'node id'), address: readBoundedString(d, 'address') } };
+    case MessageType.Hello: {
+      const hello: Hello = { role: readRole(d), nodeId: readBoundedString(d, 'node id'), address: readBoundedString(d, 'address') };
+      if (decoding.hasContent(d)) hello.shards = readShardCount(d);
+      msg = { type, hello };
+      break;
+    }
+    case MessageType.ShardSync:
+      return { type, shard: readShardId(d), decoder: d }; // the sync payload is read (and checked) by y-protocols
+    case MessageType.ShardReplicate:
+      msg = { type, ackId: decoding.readVarUint(d), shard: readShardId(d), update: decoding.readVarUint8Array(d) };
       break;
     case MessageType.Add: {
       const reqId = decoding.readVarUint(d);

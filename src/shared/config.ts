@@ -8,6 +8,10 @@ import { isLoopback, parseAddressList, type Address } from './address.ts';
 import { MAX_WIRE_FIELD_CHARS } from './limits.ts';
 import { TlsConfigError, TlsFiles } from './tls.ts';
 import { MAX_LEVEL_NUMBER, parseLevel, type Level } from './levels.ts';
+import { MAX_SHARDS } from '../protocol/messages.ts';
+
+/** More replicas than an Add may ask acknowledgments of would make w=all unreachable. */
+const MAX_REPLICATION_FACTOR = 64;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -51,6 +55,8 @@ export const SETTINGS = {
   ANTI_ENTROPY_MS: '3000',
   GOSSIP_DELAY_MS: '50',
   COMPACT_BYTES: String(64 * 1024 * 1024),
+  SHARDS: '64',
+  REPLICATION_FACTOR: '3',
   // local launcher
   COUNTER_COUNT: '3',
   COUNTER_BASE_PORT: '9001',
@@ -244,7 +250,12 @@ export interface CounterConfig extends CommonConfig {
   advertiseAddress: string;
   antiEntropyMs: number;
   gossipDelayMs: number;
+  /** Log bytes (all shards together) past which shards compact their logs into snapshots. */
   compactBytes: number;
+  /** The mesh's shard count: fixed when the mesh is created (DATA_DIR records it). */
+  shards: number;
+  /** Counters each shard is placed on. */
+  replicationFactor: number;
 }
 
 export function counterConfig(env: Env): Readonly<CounterConfig> {
@@ -269,6 +280,8 @@ export function counterConfig(env: Env): Readonly<CounterConfig> {
     antiEntropyMs: r.int('ANTI_ENTROPY_MS', 100, 5_000),
     gossipDelayMs: r.int('GOSSIP_DELAY_MS', 0, 1_000),
     compactBytes: r.int('COMPACT_BYTES', 64 * 1024, 2 ** 40),
+    shards: r.int('SHARDS', 1, MAX_SHARDS),
+    replicationFactor: r.int('REPLICATION_FACTOR', 1, MAX_REPLICATION_FACTOR),
   });
 }
 

@@ -5,7 +5,7 @@
  */
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
-import { Counter, type Recovered, type UpdateLog } from '../../src/counter/counter.ts';
+import { Counter, type Recovered, type ShardStorage, type UpdateLog } from '../../src/counter/counter.ts';
 import { CounterPool } from '../../src/coordinator/counter-pool.ts';
 import { coordinatorConfig, counterConfig } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
@@ -89,6 +89,44 @@ export class MemoryLog implements UpdateLog {
   }
 }
 
+/** A counter's disk: one MemoryLog per shard, kept across the counter's crashes. */
+export class MemoryDisk implements ShardStorage {
+  private readonly logs = new Map<number, MemoryLog>();
+  private slowFsyncMs = 3;
+
+  constructor(
+    private readonly clock: SimClock,
+    private readonly rng: Rng,
+  ) {}
+
+  /** The shard's log, made empty on first use. */
+  log(shard: number): MemoryLog {
+    let log = this.logs.get(shard);
+    if (!log) {
+      log = new MemoryLog(this.clock, this.rng);
+      log.fsyncMs = this.slowFsyncMs;
+      this.logs.set(shard, log);
+    }
+    return log;
+  }
+
+  async open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered }> {
+    const log = this.log(shard);
+    return { log, recovered: log.recovered() };
+  }
+
+  /** Every fsync of this disk takes 1 to `ms` ms (seeded). */
+  set fsyncMs(ms: number) {
+    this.slowFsyncMs = ms;
+    for (const log of this.logs.values()) log.fsyncMs = ms;
+  }
+
+  /** The power goes: every shard's log keeps only what an fsync covered. */
+  powerLoss(): void {
+    for (const log of this.logs.values()) log.powerLoss();
+  }
+}
+
 /** Collects error-level log lines: a bug of ours logs at error, and a run with one fails. */
 function recordingLogger(errors: string[]): Logger {
   const sink = new Writable({
@@ -108,7 +146,7 @@ export interface SimCounter {
   index: number;
   id: string;
   address: string;
-  log: MemoryLog;
+  disk: MemoryDisk;
   counter: Counter | null;
 }
 
@@ -119,6 +157,8 @@ export interface MemoryMeshOptions {
   faults?: Partial<NetworkFaults>;
   /** Counters replay their logs in steps of this many bytes (default: the product's). */
   replayStepBytes?: number;
+  /** SHARDS (default 8: fewer messages per simulated second than the product's 64). */
+  shards?: number;
 }
 
 export class MemoryMesh {
@@ -144,7 +184,7 @@ export class MemoryMesh {
     const mesh = new MemoryMesh(opts);
     for (let i = 0; i < opts.counters; i++) {
       const address = `127.7.0.${i + 1}:9001`;
-      mesh.counters.push({ index: i, id: `counter-${i + 1}`, address, log: new MemoryLog(mesh.clock, mulberry32(opts.seed + i)), counter: null });
+      mesh.counters.push({ index: i, id: `counter-${i + 1}`, address, disk: new MemoryDisk(mesh.clock, mulberry32(opts.seed + i)), counter: null });
     }
     for (const c of mesh.counters) await mesh.startCounter(c.index);
     for (let j = 0; j < (opts.coordinators ?? 1); j++) {
@@ -172,11 +212,12 @@ export class MemoryMesh {
       ...TIMING,
       COUNTER_ID: c.id,
       ADVERTISE_ADDRESS: c.address,
+      SHARDS: String(this.opts.shards ?? 8),
       PEERS: this.counters.filter((o) => o !== c).map((o) => o.address).join(','),
     });
     const counter = Counter.create(
       config,
-      { log: c.log, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31), replayStepBytes: this.opts.replayStepBytes },
+      { storage: c.disk, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31), replayStepBytes: this.opts.replayStepBytes },
       this.log.child({ node: c.id }),
     );
     this.net.listen(c.address, c.id, (wire, remote) => counter.accept(wire, remote));
@@ -184,7 +225,7 @@ export class MemoryMesh {
     // replay yields between steps on simulated time, so the simulation drives it
     let loaded = false;
     let failed: unknown = null;
-    counter.load(c.log.recovered()).then(
+    counter.load().then(
       () => {
         loaded = true;
       },
