@@ -53,6 +53,13 @@ export const MessageType = {
    * the same ack id; the receiver answers each with Durable.
    */
   ShardReplicate: 15,
+  /**
+   * Coordinator → counter: remove a member from the mesh for good (it is never placed again; its
+   * shards are re-replicated from the others). Answered with Reply once the removal is on disk.
+   */
+  Remove: 16,
+  /** y-protocols sync message of the member list's document, counter ↔ counter. */
+  MembersSync: 17,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -113,8 +120,16 @@ export interface Status {
   members: Member[];
   /** The mesh's SHARDS. */
   shards?: number;
-  /** Shards this counter holds and serves (in sync); absent: all of them. */
+  /** REPLICATION_FACTOR: counters each shard is placed on. */
+  factor?: number;
+  /** Member ids shards are placed on, as this counter knows them (removed ones left out). */
+  placed?: string[];
+  /** Member ids removed from the mesh, as this counter knows them. */
+  removed?: string[];
+  /** Shards this counter holds in sync and serves (reads and writes). */
   serving?: number[];
+  /** Shards this counter holds: serving, catching up, or handing off. */
+  held?: number[];
   /**
    * Per peer id, seconds since the oldest update this counter holds that the peer's last state
    * vector lacked (0 when it lacked nothing). Absent when the counter runs with METRICS=off.
@@ -138,7 +153,9 @@ export type Message =
   | { type: typeof MessageType.Counts; counts: TenantCount[] }
   | { type: typeof MessageType.Unwatch; tenants: string[] }
   | { type: typeof MessageType.ShardSync; shard: number; decoder: decoding.Decoder }
-  | { type: typeof MessageType.ShardReplicate; ackId: number; shard: number; update: Uint8Array };
+  | { type: typeof MessageType.ShardReplicate; ackId: number; shard: number; update: Uint8Array }
+  | { type: typeof MessageType.Remove; reqId: number; nodeId: string }
+  | { type: typeof MessageType.MembersSync; decoder: decoding.Decoder };
 
 export interface TenantCount {
   tenant: string;
@@ -176,6 +193,18 @@ export function writeShardReplicate(ackId: number, shard: number, update: Uint8A
     encoding.writeVarUint(e, shard);
     encoding.writeVarUint8Array(e, update);
   });
+}
+
+export function writeRemove(reqId: number, nodeId: string): Uint8Array {
+  return frame(MessageType.Remove, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarString(e, nodeId);
+  });
+}
+
+/** Wraps an already encoded y-protocols sync message about the member list. */
+export function writeMembersSync(write: (e: encoding.Encoder) => void): Uint8Array {
+  return frame(MessageType.MembersSync, write);
 }
 
 export function writeAwareness(update: Uint8Array): Uint8Array {
@@ -315,6 +344,14 @@ function isLagMap(v: unknown): v is Record<string, number> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0);
 }
 
+function optionalIds(v: unknown): boolean {
+  return v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+}
+
+function optionalShards(v: unknown): boolean {
+  return v === undefined || (Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0 && x < MAX_SHARDS));
+}
+
 function parseStatus(json: string): Status {
   const v: unknown = JSON.parse(json);
   const o = v as Partial<Status>;
@@ -324,7 +361,8 @@ function parseStatus(json: string): Status {
     !o.members.every((m) => typeof m?.id === 'string' && typeof m?.address === 'string') ||
     (o.lag !== undefined && !isLagMap(o.lag)) ||
     (o.shards !== undefined && !(Number.isInteger(o.shards) && o.shards >= 1 && o.shards <= MAX_SHARDS)) ||
-    (o.serving !== undefined && !(Array.isArray(o.serving) && o.serving.every((x) => Number.isInteger(x) && x >= 0 && x < MAX_SHARDS)))
+    (o.factor !== undefined && !(Number.isInteger(o.factor) && o.factor >= 1)) ||
+    !optionalIds(o.placed) || !optionalIds(o.removed) || !optionalShards(o.serving) || !optionalShards(o.held)
   ) {
     throw new ProtocolError('malformed status');
   }
@@ -373,6 +411,11 @@ export function readMessage(data: Uint8Array): Message {
     }
     case MessageType.ShardSync:
       return { type, shard: readShardId(d), decoder: d }; // the sync payload is read (and checked) by y-protocols
+    case MessageType.MembersSync:
+      return { type, decoder: d }; // the sync payload is read (and checked) by y-protocols
+    case MessageType.Remove:
+      msg = { type, reqId: decoding.readVarUint(d), nodeId: readBoundedString(d, 'node id') };
+      break;
     case MessageType.ShardReplicate:
       msg = { type, ackId: decoding.readVarUint(d), shard: readShardId(d), update: decoding.readVarUint8Array(d) };
       break;
