@@ -25,6 +25,7 @@
  * Limits: the arena must stay below 4 GiB (offsets are 32-bit), and there can
  * be at most 2^31 tenants; exceeding either throws a RangeError.
  */
+import { fmix32 } from '../shared/fmix32.ts';
 
 /** Maximum load factor of the open-addressing table. */
 const MAX_LOAD = 0.7;
@@ -59,13 +60,7 @@ const DIGEST_SEED = 0x3c6ef372;
 
 /** murmur3's fmix32 over `h ^ 0x5bd1e995`: a second, non-linear view of a hash for the digest's sum. */
 function remix(h: number): number {
-  let x = (h ^ 0x5bd1e995) >>> 0;
-  x ^= x >>> 16;
-  x = Math.imul(x, 0x85ebca6b);
-  x ^= x >>> 13;
-  x = Math.imul(x, 0xc2b2ae35);
-  x ^= x >>> 16;
-  return x >>> 0;
+  return fmix32(h ^ 0x5bd1e995);
 }
 
 /**
@@ -91,13 +86,7 @@ function hashId(tenantNo: number, id: string): number {
     h = Math.imul(h ^ c, 0x01000193);
   }
   scratchWide = or > 0xff ? 1 : 0;
-  h ^= n;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h ^ n);
 }
 
 function slotsFor(items: number): number {

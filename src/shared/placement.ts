@@ -7,6 +7,9 @@
 export const DEFAULT_SHARDS = 64;
 export const DEFAULT_REPLICATION_FACTOR = 3;
 
+// finishes the hashes: FNV-1a alone leaves the low bits (the ones `% shards` keeps) poorly mixed
+import { fmix32 } from './fmix32.ts';
+
 const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 const REPLACEMENT_CHAR = 0xfffd;
@@ -14,15 +17,6 @@ const REPLACEMENT_CHAR = 0xfffd;
 // Shared, and stateless, so one instance serves every call.
 const utf8 = new TextEncoder();
 
-/** murmur3's finaliser: FNV-1a alone leaves the low bits (the ones `% shards` keeps) poorly mixed. */
-function fmix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 function fnvByte(h: number, byte: number): number {
   return Math.imul(h ^ byte, FNV_PRIME);
