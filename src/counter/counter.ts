@@ -350,7 +350,7 @@ export class Counter implements CounterApi {
     try {
       const stored: Promise<void>[] = [];
       const toReplicate: ShardUpdate[] = [];
-      for (const [shard, items] of this.byShard(batch)) {
+      for (const [shard, items] of this.byShard(batch.map((b) => b.items))) {
         touched.push(shard);
         const update = shard.gset.add(items, peersNeeded > 0);
         // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
@@ -379,11 +379,11 @@ export class Counter implements CounterApi {
     for (const b of batch) if (b.acks >= 2) b.resolve(counters);
   }
 
-  /** The batch's items by the shard holding them (every shard is held: see TODO placement). */
-  private byShard(batch: readonly PendingAdd[]): Map<Shard, Item[]> {
+  /** Items by the shard holding them (every shard is held here). */
+  private byShard(lists: readonly (readonly Item[])[]): Map<Shard, Item[]> {
     const out = new Map<Shard, Item[]>();
-    for (const b of batch) {
-      for (const it of b.items) {
+    for (const items of lists) {
+      for (const it of items) {
         const shard = this.shards[this.shardOf(it.tenant)]!;
         const list = out.get(shard);
         if (list) list.push(it);
@@ -457,15 +457,8 @@ export class Counter implements CounterApi {
     try {
       old.applyUpdates(legacy.updates, STORAGE);
       const items = [...old.items()];
-      const byShard = new Map<Shard, Item[]>();
-      for (const it of items) {
-        const shard = this.shards[this.shardOf(it.tenant)]!;
-        const list = byShard.get(shard);
-        if (list) list.push(it);
-        else byShard.set(shard, [it]);
-      }
       const stored: Promise<void>[] = [];
-      for (const [shard, list] of byShard) {
+      for (const [shard, list] of this.byShard([items])) {
         const update = shard.gset.add(list);
         stored.push(update ? shard.append(update, true) : shard.synced());
       }

@@ -356,7 +356,7 @@ export class Gossip {
     const shard = this.shards.get(id);
     if (shard) return shard;
     if (id >= this.shards.count) throw new ProtocolError(`shard ${id} does not exist (SHARDS=${this.shards.count})`);
-    // TODO(placement): a shard this counter does not hold
+    // every shard is held from the load on (peers connect only after it) until placement narrows that
     throw new ProtocolError(`shard ${id} is not held here`);
   }
 

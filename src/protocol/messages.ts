@@ -173,11 +173,6 @@ function frame(type: MessageTypeNumber, write: (e: encoding.Encoder) => void): U
   return encoding.toUint8Array(e);
 }
 
-/** Wraps an already encoded y-protocols sync message. */
-export function writeSync(write: (e: encoding.Encoder) => void): Uint8Array {
-  return frame(MessageType.Sync, write);
-}
-
 /** Wraps an already encoded y-protocols sync message about one shard's document. */
 export function writeShardSync(shard: number, write: (e: encoding.Encoder) => void): Uint8Array {
   return frame(MessageType.ShardSync, (e) => {
