@@ -25,7 +25,14 @@ async function main(argv: string[]): Promise<number> {
       const { Counter } = await import('../counter/counter.ts');
       const counter = await Counter.start(config, log);
       reloadOnHangup(config.tls, log);
-      return untilSignal(() => counter.close(), log, config.shutdownTimeoutMs);
+      // removed from the mesh (counter-mesh leave, or DELETE /counters/:id while it runs): once
+      // every shard is handed off it stops by itself, with 0
+      const left = counter.left.then(async () => {
+        log.warn({ id: config.id }, 'removed from the mesh and every shard handed off; stopping');
+        await counter.close();
+        return 0;
+      });
+      return Promise.race([left, untilSignal(() => counter.close(), log, config.shutdownTimeoutMs)]);
     }
     case 'coordinator': {
       const config = coordinatorConfig(loadEnv(rest));

@@ -17,6 +17,8 @@ import { Gossip, type ShardDocs, type ShardUpdate } from './gossip.ts';
 import { Shard, type Recovered, type UpdateLog } from './shard.ts';
 import { shardOf } from '../shared/placement.ts';
 import { PeerAcks } from './peer-acks.ts';
+import { Membership, MembershipError, type MembersStore } from './membership.ts';
+import { ShardKeeper } from './shard-keeper.ts';
 import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
 import { buildCounterServer } from './server.ts';
@@ -36,8 +38,16 @@ export type { Recovered, UpdateLog } from './shard.ts';
 
 /** What the counter needs of its disk: one log store per shard (DATA_DIR in production, in memory in tests). */
 export interface ShardStorage {
-  /** Opens one shard's log store, creating it when missing, with what it held. */
-  open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered }>;
+  /** The shards stored, as the counter left them. */
+  held(): Promise<number[]>;
+  /** Opens one shard's log store, creating it when missing, with what it held and whether it was still catching up. */
+  open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered; catchingUp: boolean }>;
+  /** Marks a shard as catching up (before anything of it is stored), or as caught up. */
+  setCatchingUp(shard: number, on: boolean): Promise<void>;
+  /** Deletes a shard whose log store is closed. */
+  remove(shard: number): Promise<void>;
+  /** The member list. */
+  members: MembersStore;
   /**
    * A store of the format before shards, if DATA_DIR holds one: every update in it (snapshot
    * first), and `done` to delete it once its items are in the shards.
@@ -89,6 +99,8 @@ export class Counter implements CounterApi {
   readonly shardDocs: ShardDocs;
   private readonly gossip: Gossip;
   private readonly sessions: CoordinatorSessions;
+  private readonly membership: Membership;
+  private readonly keeper: ShardKeeper;
   private readonly storage: ShardStorage;
   private readonly clientID: number | undefined;
   private readonly lock: { close(): Promise<void> } | undefined;
@@ -113,7 +125,9 @@ export class Counter implements CounterApi {
     readonly config: Readonly<CounterConfig>,
     runtime: CounterRuntime,
     private readonly log: Logger,
+    membership: Membership,
   ) {
+    this.membership = membership;
     this.replayStepBytes = runtime.replayStepBytes ?? REPLAY_STEP_BYTES;
     this.storage = runtime.storage;
     this.lock = runtime.lock;
@@ -131,13 +145,39 @@ export class Counter implements CounterApi {
     };
     const events = {
       onSynced: (peer: string | null) => this.onSynced(peer),
+      onPlacementInput: () => void this.keeper.reconcile(),
       onMembersChanged: () => this.statusChanged(),
       onApplied: (shard: Shard, update: Uint8Array, origin: Origin) => void this.commit(shard, update, origin).catch(() => {}),
       onReplicated: (shard: Shard, produced: Uint8Array[], origin: Origin) => this.storeReplicated(shard, produced, origin),
       observer: this.metrics?.gossip,
     };
-    this.gossip = new Gossip(config, this.shardDocs, log.child({ component: 'gossip' }), events, runtime.transport, runtime.clock, runtime.clientID);
+    this.gossip = new Gossip(config, this.shardDocs, log.child({ component: 'gossip' }), events, membership, runtime.transport, runtime.clock, runtime.clientID);
     this.sessions = new CoordinatorSessions(this, config.heartbeatMs, log.child({ component: 'sessions' }), runtime.clock);
+    const gossip = this.gossip;
+    const mesh = {
+      aliveIds: () => new Set(gossip.members().map((m) => m.id)),
+      linkedPeers: () => gossip.linkedPeers(),
+      peerShards: (id: string) => gossip.peerShards(id),
+      peerCovers: (id: string, shard: number) => gossip.peerCovers(id, shard),
+      syncShard: (id: string, shard: number) => gossip.syncShard(id, shard),
+      announceShards: (held: readonly number[], serving: readonly number[]) => gossip.announceShards(held, serving),
+    };
+    const host = {
+      state: (id: number) => {
+        const shard = shards[id];
+        return shard ? (shard.serving ? ('serving' as const) : ('catching-up' as const)) : null;
+      },
+      create: (id: number, serve: boolean) => this.createShard(id, serve),
+      serve: (id: number) => this.serveShard(id),
+      drop: (id: number) => this.dropShard(id),
+      changed: () => this.statusChanged(),
+    };
+    this.keeper = new ShardKeeper(config.id, config.shards, config.replicationFactor, membership, mesh, host, runtime.clock, log.child({ component: 'shards' }), config.heartbeatMs);
+    membership.onChange = () => {
+      void this.keeper.reconcile();
+      this.statusChanged();
+    };
+    membership.onPeerSynced = () => void this.activatePlacement('member list synced from a peer');
   }
 
   /** Takes DATA_DIR's lock, checks its layout, listens on COUNTER_PORT, then loads the shards in it. */
@@ -153,7 +193,10 @@ export class Counter implements CounterApi {
     });
     const storage = dirStorage(dirs, config, storageLog, metrics);
     const transport = wsTransport({ secret: config.clusterSecret, previousSecret: config.acceptedSecrets[1], tls: config.tls, host: config.host, maxPayload: config.maxMessageBytes, log });
-    const counter = new Counter(config, { storage, lock, transport, clock: systemClock, metrics }, log);
+    const counter = await Counter.create(config, { storage, lock, transport, clock: systemClock, metrics }, log).catch(async (err: unknown) => {
+      await lock.close();
+      throw err;
+    });
     metrics?.attach(counter, { connectedPeers: () => counter.connectedPeers() });
     try {
       // listening while the state loads: /health, /ready (which says how far replay got) and
@@ -172,15 +215,43 @@ export class Counter implements CounterApi {
     }
   }
 
-  /** A counter on a runtime of the caller's (the in-memory mesh tests), not loaded yet: see `load`. */
-  static create(config: Readonly<CounterConfig>, runtime: CounterRuntime, log: Logger): Counter {
-    return new Counter(config, runtime, log);
+  /** A counter on a runtime (the in-memory mesh tests pass theirs), with its member list read, not loaded yet: see `load`. */
+  static async create(config: Readonly<CounterConfig>, runtime: CounterRuntime, log: Logger): Promise<Counter> {
+    const clientID = runtime.clientID === undefined ? undefined : runtime.clientID + 1 + config.shards;
+    const membership = await Membership.open(runtime.storage.members, log.child({ component: 'membership' }), clientID);
+    return new Counter(config, runtime, log, membership);
   }
 
   /** Opens every shard's log store and applies what it held (not ready meanwhile), then joins the mesh. */
   async load(): Promise<void> {
     await this.recover();
+    const knewMesh = this.membership.placed().some((id) => id !== this.id);
+    await this.membership.join(this.id, this.address);
     this.join();
+    // alone, or with the member list from disk, placement can start now; a new counter with PEERS
+    // first learns the list from a peer (or gives up waiting with the catch-up grace)
+    if (this.config.peers.length === 0 || knewMesh) await this.activatePlacement(knewMesh ? 'member list read from DATA_DIR' : 'no PEERS: the only member');
+  }
+
+  /** Resolves once this counter was removed from the mesh and handed off every shard it held. */
+  get left(): Promise<void> {
+    return this.keeper.left;
+  }
+
+  /**
+   * Removes a member from the mesh for good; resolves once the removal is on this counter's
+   * disk (gossip spreads it). Throws MembershipError for an id that is not a member or the last one.
+   */
+  remove(id: string): Promise<void> {
+    return this.membership.remove(id);
+  }
+
+  /** Null when this counter serves the tenant's shard; else why not, for the coordinator to try another. */
+  refusal(tenant: string): string | null {
+    const id = this.shardOf(tenant);
+    const shard = this.shards[id];
+    if (shard?.serving) return null;
+    return shard ? `counter ${this.id} is still catching up shard ${id}` : `counter ${this.id} does not serve shard ${id}`;
   }
 
   /** Serves an accepted mesh connection: the handshake hands it to a peer or a coordinator session. */
@@ -217,7 +288,7 @@ export class Counter implements CounterApi {
   }
 
   get ready(): boolean {
-    return !this.closing && this.replaying === null && !this.needsPeerSync && !this.catchingUp;
+    return !this.closing && this.replaying === null && !this.needsPeerSync && !this.catchingUp && this.keeper.active;
   }
 
   notReadyReason(): string {
@@ -228,6 +299,7 @@ export class Counter implements CounterApi {
     }
     if (this.needsPeerSync) return 'counter found damaged data on disk and waits to sync from a peer';
     if (this.catchingUp) return 'counter just started and is catching up from its peers';
+    if (!this.keeper.active) return 'counter waits for the member list from a peer';
     return '';
   }
 
@@ -266,7 +338,21 @@ export class Counter implements CounterApi {
   }
 
   status(): Status {
-    return { id: this.id, address: this.address, ready: this.ready, items: this.items, members: this.gossip.members(), shards: this.config.shards, lag: this.metrics?.lagByPeer() };
+    const [held, serving] = this.shardLists();
+    return {
+      id: this.id,
+      address: this.address,
+      ready: this.ready,
+      items: this.items,
+      members: this.gossip.members(),
+      shards: this.config.shards,
+      factor: this.config.replicationFactor,
+      placed: this.membership.placed(),
+      removed: this.membership.removed(),
+      serving,
+      held,
+      lag: this.metrics?.lagByPeer(),
+    };
   }
 
   /** Peers linked to this counter: its awareness state lists them (gossip publishes it for routing). */
@@ -305,6 +391,7 @@ export class Counter implements CounterApi {
   private async stop(): Promise<void> {
     this.closing = true;
     this.clock.clear(this.catchUpTimer);
+    this.keeper.close();
     // not ready from now on: new Adds and Counts are refused, and the coordinators hear it now
     this.sessions.pushStatus();
     const timeoutMs = this.config.shutdownTimeoutMs;
@@ -321,7 +408,9 @@ export class Counter implements CounterApi {
     }
     try {
       await Promise.all([...this.shardDocs.held()].map((s) => s.close()));
+      await this.membership.saved().catch(() => {});
     } finally {
+      this.membership.close();
       await this.lock?.close();
     }
   }
@@ -379,12 +468,14 @@ export class Counter implements CounterApi {
     for (const b of batch) if (b.acks >= 2) b.resolve(counters);
   }
 
-  /** Items by the shard holding them (every shard is held here). */
+  /** Items by the shard holding them; a shard not held (moved away since the request came) fails the batch, unstored. */
   private byShard(lists: readonly (readonly Item[])[]): Map<Shard, Item[]> {
     const out = new Map<Shard, Item[]>();
     for (const items of lists) {
       for (const it of items) {
-        const shard = this.shards[this.shardOf(it.tenant)]!;
+        const id = this.shardOf(it.tenant);
+        const shard = this.shards[id];
+        if (!shard) throw new Error(`shard ${id} is no longer held by counter ${this.id}`);
         const list = out.get(shard);
         if (list) list.push(it);
         else out.set(shard, [it]);
@@ -427,11 +518,12 @@ export class Counter implements CounterApi {
   private async recover(): Promise<void> {
     const t0 = this.clock.now();
     const opened: { shard: Shard; recovered: Recovered }[] = [];
-    for (let id = 0; id < this.config.shards; id++) {
-      const { log, recovered } = await this.storage.open(id);
-      const shard = new Shard(id, log, this.log.child({ shard: id }), this.clientID === undefined ? undefined : this.clientID + 1 + id);
-      shard.gset.onCounted = this.sessions.watches.counted;
-      this.shards[id] = shard;
+    // a pre-shard DATA_DIR's items go to every shard (placement then hands off those not placed here)
+    const legacy = await this.storage.legacy?.();
+    const ids = legacy ? Array.from({ length: this.config.shards }, (_, i) => i) : await this.storage.held();
+    for (const id of ids) {
+      const { log, recovered, catchingUp } = await this.storage.open(id);
+      const shard = this.newShard(id, log, !catchingUp);
       opened.push({ shard, recovered });
     }
     await this.replay(opened);
@@ -442,7 +534,7 @@ export class Counter implements CounterApi {
     }
     // rewrite what was read into a clean snapshot so the damaged or cut files are not needed again
     for (const { shard, recovered } of opened) if (recovered.damaged.length > 0 || recovered.tornTail) await shard.rewrite();
-    await this.migrateLegacy();
+    if (legacy) await this.migrateLegacy(legacy);
     this.log.info({ items: this.items, tenants: this.tenants, shards: opened.length, ms: this.clock.now() - t0 }, 'state loaded');
   }
 
@@ -450,9 +542,7 @@ export class Counter implements CounterApi {
    * A DATA_DIR written before shards: its one document's items are added to the shards (fsynced),
    * and only then is the old store deleted. A crash in between repeats the move, which adds nothing twice.
    */
-  private async migrateLegacy(): Promise<void> {
-    const legacy = await this.storage.legacy?.();
-    if (!legacy) return;
+  private async migrateLegacy(legacy: { updates: Uint8Array[]; done(): Promise<void> }): Promise<void> {
     const old = new GSet(this.log.child({ component: 'migration' }));
     try {
       old.applyUpdates(legacy.updates, STORAGE);
@@ -509,11 +599,57 @@ export class Counter implements CounterApi {
     this.gossip.start();
   }
 
+  private newShard(id: number, log: UpdateLog, serving: boolean): Shard {
+    const shard = new Shard(id, log, this.log.child({ shard: id }), this.clientID === undefined ? undefined : this.clientID + 1 + id);
+    shard.serving = serving;
+    shard.gset.onCounted = this.sessions.watches.counted;
+    this.shards[id] = shard;
+    return shard;
+  }
+
+  /** A shard placed here: marked catching up on disk first (unless served at once), then held. */
+  private async createShard(id: number, serve: boolean): Promise<void> {
+    if (!serve) await this.storage.setCatchingUp(id, true);
+    const { log } = await this.storage.open(id);
+    this.newShard(id, log, serve);
+  }
+
+  private async serveShard(id: number): Promise<void> {
+    const shard = this.shards[id];
+    if (!shard) return;
+    // what the catch-up brought is on disk before the shard says it is complete
+    await shard.synced();
+    await this.storage.setCatchingUp(id, false);
+    shard.serving = true;
+  }
+
+  /** A shard handed off: no longer held (requests for it are refused from now on), then deleted. */
+  private async dropShard(id: number): Promise<void> {
+    const shard = this.shards[id];
+    if (!shard) return;
+    this.shards[id] = undefined;
+    await shard.close();
+    await this.storage.remove(id);
+  }
+
+  /** Placement starts once the member list is known; shards move from then on. */
+  private async activatePlacement(why: string): Promise<void> {
+    if (this.keeper.active || this.closing || this.replaying) return;
+    this.keeper.active = true;
+    this.log.info({ why, members: this.membership.placed() }, 'placing shards');
+    this.statusChanged();
+    await this.keeper.reconcile();
+  }
+
   private startCatchUp(): void {
     if (this.config.peers.length === 0) return;
     this.catchingUp = true;
     // peers that are all down must not keep a healthy counter out of service for long
-    this.catchUpTimer = this.clock.setTimeout(() => this.endCatchUp('no peer answered in time'), CATCH_UP_GRACE_HEARTBEATS * this.config.heartbeatMs);
+    this.catchUpTimer = this.clock.setTimeout(() => {
+      // a new counter whose peers did not answer is the first of its mesh: it places over what it knows
+      void this.activatePlacement('no peer answered in time; placing over the members known');
+      this.endCatchUp('no peer answered in time');
+    }, CATCH_UP_GRACE_HEARTBEATS * this.config.heartbeatMs);
   }
 
   private endCatchUp(why: string): void {
@@ -522,6 +658,17 @@ export class Counter implements CounterApi {
     this.clock.clear(this.catchUpTimer);
     this.log.info({ why, items: this.items }, 'ready');
     this.statusChanged();
+  }
+
+  private shardLists(): [number[], number[]] {
+    const held: number[] = [];
+    const serving: number[] = [];
+    for (const s of this.shards) {
+      if (!s) continue;
+      held.push(s.id);
+      if (s.serving) serving.push(s.id);
+    }
+    return [held, serving];
   }
 
   private onSynced(peer: string | null): void {
@@ -534,7 +681,9 @@ export class Counter implements CounterApi {
   }
 
   private statusChanged(): void {
-    const key = `${this.ready}|${this.gossip.members().length}`;
+    const [held, serving] = this.shardLists();
+    this.gossip.announceShards(held, serving);
+    const key = `${this.ready}|${this.gossip.members().length}|${held.length}|${serving.length}|${this.membership.placed().length}|${this.membership.removed().length}`;
     if (key !== this.lastStatusKey) {
       this.lastStatusKey = key;
       this.sessions.pushStatus();
@@ -546,10 +695,18 @@ export class Counter implements CounterApi {
 function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logger, metrics: CounterMetrics | null): ShardStorage {
   const compactBytes = Math.max(MIN_SHARD_COMPACT_BYTES, Math.floor(config.compactBytes / config.shards));
   return {
-    open: async (shard) => {
-      const { store, recovered } = await LogStore.open({ dir: dirs.dir(shard), compactBytes, log: log.child({ shard }), observer: metrics?.storage });
-      return { log: store, recovered };
+    held: async () => {
+      await dirs.removeLeftovers();
+      return dirs.held();
     },
+    open: async (shard) => {
+      const catchingUp = await dirs.catchingUp(shard);
+      const { store, recovered } = await LogStore.open({ dir: dirs.dir(shard), compactBytes, log: log.child({ shard }), observer: metrics?.storage });
+      return { log: store, recovered, catchingUp };
+    },
+    setCatchingUp: (shard, on) => dirs.setCatchingUp(shard, on),
+    remove: (shard) => dirs.remove(shard),
+    members: { load: () => dirs.loadMembers(), save: (state) => dirs.saveMembers(state) },
     legacy: async () => {
       if (!dirs.legacy) return null;
       const { store, recovered } = await LogStore.open({ dir: dirs.root, compactBytes: config.compactBytes, log, observer: undefined });

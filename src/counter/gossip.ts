@@ -23,7 +23,7 @@ import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
-import { CloseCode, MessageType, ProtocolError, writeAwareness, writeDurable, writeHello, writeShardReplicate, writeShardSync, type Member, type Message } from '../protocol/messages.ts';
+import { CloseCode, MessageType, ProtocolError, writeAwareness, writeDurable, writeHello, writeNotHeld, writeShardReplicate, writeShardSync, type Member, type Message } from '../protocol/messages.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
 import { Dialer } from '../protocol/dialer.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
@@ -33,6 +33,7 @@ import { LOCAL, type Origin } from './gset.ts';
 import type { Shard } from './shard.ts';
 import type { GossipObserver } from './metrics.ts';
 import type { PeerAcks } from './peer-acks.ts';
+import { Membership } from './membership.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
@@ -52,6 +53,14 @@ interface Peer {
   unsynced: Set<number> | null;
   /** ShardReplicates sent on this socket whose Durables have not all come, by ack id. */
   awaitingAcks: Map<number, { acks: PeerAcks; parts: number }>;
+  /** Per shard, the state vector of the peer's latest sync step 1: what it held then. */
+  stateVectors: Map<number, Map<number, number>>;
+}
+
+/** What a member announces of its shards in its awareness state. */
+export interface PeerShards {
+  held: ReadonlySet<number>;
+  serving: ReadonlySet<number>;
 }
 
 /** The shards a counter holds, as gossip needs them. */
@@ -73,6 +82,8 @@ const noWaiter = (): void => {};
 export interface GossipEvents {
   /** A peer's full state (its answers to our first sync step 1 of every shard) was applied. */
   onSynced: (peerId: string | null) => void;
+  /** A peer's member list, or the shards a member announces, changed: placement may move. */
+  onPlacementInput: () => void;
   onMembersChanged: () => void;
   /** A peer's update changed a shard here: the counter stores it, then hands it back to `enqueue`. */
   onApplied: (shard: Shard, update: Uint8Array, origin: Origin) => void;
@@ -102,12 +113,15 @@ export class Gossip {
   private outboxTimer: TimerHandle | null = null;
   private nextAckId = 1;
   private closed = false;
+  /** Member id → the shards it announces (held, serving); rebuilt after awareness changes. */
+  private shardsOf: Map<string, PeerShards> | null = null;
 
   constructor(
     private readonly config: Readonly<CounterConfig>,
     private readonly shards: ShardDocs,
     private readonly log: Logger,
     private readonly events: GossipEvents,
+    private readonly membership: Membership,
     private readonly transport: Transport,
     private readonly clock: Clock,
     /** A fixed Yjs clientID for the awareness document, for seeded test runs only. */
@@ -116,8 +130,12 @@ export class Gossip {
     if (clientID !== undefined) this.awarenessDoc.clientID = clientID;
     this.configured = new Set(config.peers.map(formatAddress));
     this.awareness = new awarenessProtocol.Awareness(this.awarenessDoc);
-    this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress, peers: [] });
+    this.awareness.setLocalState({ id: config.id, address: config.advertiseAddress, peers: [], held: [], serving: [] });
     this.awareness.on('update', this.onAwarenessUpdate);
+    membership.onUpdate = (update, from) => {
+      const frame = Membership.updateFrame(update);
+      for (const p of this.peers) if (p.origin !== from) p.sock.send(frame);
+    };
     this.antiEntropy = clock.setInterval(() => this.compareStateVectors(), config.antiEntropyMs);
   }
 
@@ -133,6 +151,65 @@ export class Gossip {
       if (typeof s.id === 'string' && typeof s.address === 'string' && isAddress(s.address)) out.push({ id: s.id, address: s.address });
     }
     return out;
+  }
+
+  /** Announces the shards this counter holds and serves (coordinators and peers route by them). */
+  announceShards(held: readonly number[], serving: readonly number[]): void {
+    if (this.closed) return;
+    const state = this.awareness.getLocalState() as { held?: number[]; serving?: number[] } | null;
+    if (sameList(state?.held, held) && sameList(state?.serving, serving)) return;
+    this.awareness.setLocalState({ ...state, held: [...held], serving: [...serving] });
+  }
+
+  /** What a member announces of its shards; null when its awareness state has not come (or expired). */
+  peerShards(id: string): PeerShards | null {
+    if (!this.shardsOf) {
+      const map = new Map<string, PeerShards>();
+      for (const state of this.awareness.getStates().values()) {
+        const s = state as { id?: unknown; held?: unknown; serving?: unknown };
+        if (typeof s.id !== 'string' || !Array.isArray(s.held) || !Array.isArray(s.serving)) continue;
+        map.set(s.id, { held: new Set(s.held.filter(Number.isInteger)), serving: new Set(s.serving.filter(Number.isInteger)) });
+      }
+      this.shardsOf = map;
+    }
+    return this.shardsOf.get(id) ?? null;
+  }
+
+  /** Peers with an open link, by id. */
+  linkedPeers(): Set<string> {
+    const ids = new Set<string>();
+    for (const p of this.peers) if (p.id !== null && p.sock.open) ids.add(p.id);
+    return ids;
+  }
+
+  /**
+   * True when the peer's latest sync step 1 of the shard showed it holding everything this
+   * counter holds of it (the handoff's last check before a shard is deleted here).
+   */
+  peerCovers(peerId: string, shardId: number): boolean {
+    const shard = this.shards.get(shardId);
+    if (!shard) return true;
+    let theirs: Map<number, number> | undefined;
+    for (const p of this.peers) if (p.id === peerId && p.sock.open) theirs ??= p.stateVectors.get(shardId);
+    if (!theirs) return false;
+    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(shard.gset.doc))) {
+      if ((theirs.get(client) ?? 0) < clock) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Catch-up of one shard from one peer: a sync step 1 out of turn. Resolves true once the
+   * peer's answer is applied here, false when the peer does not hold the shard, the link closed,
+   * or no link to it is open.
+   */
+  syncShard(peerId: string, shardId: number): Promise<boolean> {
+    const shard = this.shards.get(shardId);
+    let peer: Peer | undefined;
+    for (const p of this.peers) if (p.id === peerId && p.sock.open) peer = p;
+    if (!peer || !shard) return Promise.resolve(false);
+    const asked = peer;
+    return new Promise((resolve) => this.sendStep1(asked, shard, resolve));
   }
 
   /**
@@ -221,9 +298,11 @@ export class Gossip {
     let peer: Peer | null = null;
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map() };
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map(), stateVectors: new Map() };
     this.peers.add(peer);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress, shards: this.shards.count }));
+    sock.send(this.membership.step1());
+    // every shard held is asked for: a peer that lacks one answers NotHeld
     for (const shard of this.shards.held()) {
       peer.unsynced!.add(shard.id);
       this.sendStep1(peer, shard);
@@ -266,30 +345,46 @@ export class Gossip {
         peer.address ??= msg.hello.address;
         peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
         this.publishLinks();
+        // the first message of a peer without a hello yet was sent to its remote address
+        if (peer.unsynced?.size === 0) {
+          peer.unsynced = null;
+          this.events.onSynced(peer.id);
+        }
         this.events.observer?.onPeerHello(peer.id, peer.sock);
         this.log.info({ peer: peer.id, remote: peer.sock.remote }, 'peer connected');
         this.events.onMembersChanged();
         return;
       }
       case MessageType.ShardSync: {
-        const shard = this.shardOf(msg.shard);
+        const shard = this.heldShard(msg.shard);
+        if (!shard) {
+          // a shard moved away (or not here yet): a step 1 gets NotHeld in place of its step 2;
+          // updates are dropped, the peer's anti-entropy with the shard's holders carries them
+          if (decoding.peekVarUint(msg.decoder) === syncProtocol.messageYjsSyncStep1) peer.sock.send(writeNotHeld(msg.shard));
+          return;
+        }
         // decode and apply first; only then store and forward, outside the blame of the peer's bytes
         const { kind, reply, produced, stateVector } = this.readSync(shard, msg.decoder, peer.origin);
         if (reply) peer.sock.send(reply);
+        if (stateVector) peer.stateVectors.set(shard.id, Y.decodeStateVector(stateVector));
         if (stateVector && reply && peer.id !== null) this.events.observer?.onPeerStateVector(peer.id, shard.id, stateVector, reply.length);
         for (const update of produced) this.events.onApplied(shard, update, peer.origin);
-        if (kind === syncProtocol.messageYjsSyncStep2) {
-          // applied (and counted) by now: a read repair waiting on this answer can count
-          peer.step2Waiters.get(shard.id)?.shift()?.(true);
-          if (peer.unsynced?.delete(shard.id) && peer.unsynced.size === 0) {
-            peer.unsynced = null;
-            this.events.onSynced(peer.id);
-          }
-        }
+        // applied (and counted) by now: a read repair waiting on this answer can count
+        if (kind === syncProtocol.messageYjsSyncStep2) this.answered(peer, shard.id, true);
+        return;
+      }
+      case MessageType.NotHeld:
+        this.answered(peer, msg.shard, false);
+        return;
+      case MessageType.MembersSync: {
+        const reply = this.membership.readSync(msg.decoder, peer.origin);
+        if (reply) peer.sock.send(reply);
         return;
       }
       case MessageType.ShardReplicate: {
-        const shard = this.shardOf(msg.shard);
+        const shard = this.heldShard(msg.shard);
+        // not held here: no Durable, so the sender does not count this counter
+        if (!shard) return;
         const produced = this.applyUpdate(shard, msg.update, peer.origin);
         // structs waiting for an update we missed are not held yet: no acknowledgment for them (the
         // sender's wait runs out); anti-entropy brings the gap, and a retried write is answered
@@ -351,13 +446,29 @@ export class Gossip {
     }
   }
 
-  /** The shard a peer's message names; one this mesh does not have is the peer's error. */
-  private shardOf(id: number): Shard {
-    const shard = this.shards.get(id);
-    if (shard) return shard;
+  /**
+   * The shard a peer's message names, if held here; one this mesh does not have is the peer's
+   * error. Shards move, so a peer may name one that is not here (yet, or any more).
+   */
+  private heldShard(id: number): Shard | undefined {
     if (id >= this.shards.count) throw new ProtocolError(`shard ${id} does not exist (SHARDS=${this.shards.count})`);
-    // every shard is held from the load on (peers connect only after it) until placement narrows that
-    throw new ProtocolError(`shard ${id} is not held here`);
+    return this.shards.get(id);
+  }
+
+  /** The peer answered our oldest sync step 1 of the shard: with its step 2 (`ok`), or NotHeld. */
+  private answered(peer: Peer, shardId: number, ok: boolean): void {
+    peer.step2Waiters.get(shardId)?.shift()?.(ok);
+    if (peer.unsynced?.delete(shardId) && peer.unsynced.size === 0 && peer.id !== null) {
+      peer.unsynced = null;
+      this.events.onSynced(peer.id);
+    }
+  }
+
+  /** False only for a peer known (from its awareness state) not to hold the shard. */
+  private holds(peer: Peer, shard: number): boolean {
+    if (peer.id === null) return true;
+    const known = this.peerShards(peer.id);
+    return known === null || known.held.has(shard);
   }
 
   /** A peer's Yjs update applied to a shard here; what it changed comes back. Anything thrown is about the peer's bytes. */
@@ -425,10 +536,10 @@ export class Gossip {
    */
   private forward(origin: Origin, byShard: Map<number, Uint8Array[]>, acks: PeerAcks | null = null): void {
     const ackId = acks ? this.takeAckId() : 0;
-    const frames: Uint8Array[] = [];
+    const frames: { shard: number; frame: Uint8Array }[] = [];
     for (const [shard, updates] of byShard) {
       const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
-      frames.push(acks ? writeShardReplicate(ackId, shard, merged) : writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)));
+      frames.push({ shard, frame: acks ? writeShardReplicate(ackId, shard, merged) : writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)) });
     }
     // two counters that dialed each other share two sockets; one copy per peer is enough
     const sentTo = new Set<string>();
@@ -438,14 +549,18 @@ export class Gossip {
       if (p.origin === origin || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
       if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
       if (p.id !== null) sentTo.add(p.id);
+      // only to peers that hold the shard (or may: their state has not come yet)
+      const theirs = frames.filter((f) => this.holds(p, f.shard));
+      if (theirs.length === 0) continue;
       if (!acks) {
-        for (const f of frames) p.sock.send(f);
+        for (const f of theirs) p.sock.send(f.frame);
         continue;
       }
       // a write is waiting: not corked until the end of the turn
-      for (const f of frames) p.sock.sendNow(f);
+      for (const f of theirs) p.sock.sendNow(f.frame);
+      // the peer has the write once it acknowledged every shard of it that it holds
       const waiting = p.awaitingAcks;
-      waiting.set(ackId, { acks, parts: frames.length });
+      waiting.set(ackId, { acks, parts: theirs.length });
       acks.sentOnLink(() => waiting.delete(ackId));
     }
     acks?.seal();
@@ -463,12 +578,14 @@ export class Gossip {
   ): void => {
     const changed = [...added, ...updated, ...removed];
     this.linksOf = null;
+    this.shardsOf = null;
     const frame = writeAwareness(awarenessProtocol.encodeAwarenessUpdate(this.awareness, changed));
     for (const p of this.peers) if (p.origin !== origin) p.sock.send(frame);
     if (added.length > 0 || removed.length > 0) {
       this.reconcileDialers();
       this.events.onMembersChanged();
     }
+    if (origin !== 'local') this.events.onPlacementInput();
   };
 
   /** Announces who we are connected to (by id), so peers know whom they need not forward to. */
@@ -520,12 +637,18 @@ export class Gossip {
     if (this.peers.size === 0) return;
     for (const shard of this.shards.held()) {
       const frame = step1Frame(shard);
-      for (const p of this.peers) this.sendStep1(p, shard, noWaiter, frame);
+      for (const p of this.peers) if (this.holds(p, shard.id)) this.sendStep1(p, shard, noWaiter, frame);
     }
+    const members = this.membership.step1();
+    for (const p of this.peers) p.sock.send(members);
     this.reconcileDialers();
   }
 }
 
 function step1Frame(shard: Shard): Uint8Array {
   return writeShardSync(shard.id, (e) => syncProtocol.writeSyncStep1(e, shard.gset.doc));
+}
+
+function sameList(a: readonly number[] | undefined, b: readonly number[]): boolean {
+  return a !== undefined && a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -24,6 +24,8 @@ export interface CounterProbe {
   readonly ready: boolean;
   notReadyReason(): string;
   count(tenant: string): number;
+  /** Null when the tenant's shard is served here; else why not. */
+  refusal(tenant: string): string | null;
   status(): Status;
 }
 
@@ -69,7 +71,8 @@ export function buildCounterServer({ config, log, counter, acceptMesh, metrics }
     return { ready: true };
   });
   app.get<{ Params: { tenant: string } }>('/items/:tenant/count', async (req, reply) => {
-    if (!counter.ready) return reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: counter.notReadyReason() });
+    const why = counter.ready ? counter.refusal(req.params.tenant) : counter.notReadyReason();
+    if (why) return reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: why });
     return { count: counter.count(req.params.tenant) };
   });
   app.get('/status', async () => counter.status());

@@ -9,6 +9,7 @@ import { CountWatches } from './count-watches.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { isValidItem } from './records.ts';
+import { MembershipError } from './membership.ts';
 import type { Item } from '../protocol/messages.ts';
 
 /** Replies queued for a coordinator that does not read them; past this the connection is closed. */
@@ -28,6 +29,10 @@ export interface CounterApi {
   /** Resolves once what the peer holds and this counter lacks is applied (read repair). */
   pull(peerId: string, tenant: string): Promise<void>;
   status(): Status;
+  /** Null when this counter serves the tenant's shard; else why not (the coordinator tries another). */
+  refusal(tenant: string): string | null;
+  /** Removes a member for good; resolves once on disk, throws MembershipError when it cannot be. */
+  remove(id: string): Promise<void>;
 }
 
 export class CoordinatorSessions {
@@ -119,6 +124,14 @@ export class CoordinatorSessions {
           sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, bad >= 0 ? `item ${bad} is not valid` : 'no items'));
           return;
         }
+        // one item of a shard not served here refuses the whole Add: the coordinator sends it elsewhere
+        for (const it of items) {
+          const refusal = this.counter.refusal(it.tenant);
+          if (refusal) {
+            sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, refusal));
+            return;
+          }
+        }
         // a counter that cannot reach enough peers stores nothing: the coordinator tries the next replica
         const peers = this.counter.connectedPeers();
         if (peers < acks - 1) {
@@ -143,9 +156,14 @@ export class CoordinatorSessions {
         return;
       }
       case MessageType.Count:
-      case MessageType.Watch:
+      case MessageType.Watch: {
         if (!this.counter.ready) {
           sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
+        const refusal = this.counter.refusal(msg.tenant);
+        if (refusal) {
+          sock.send(writeReply(msg.reqId, ReplyStatus.Unavailable, 0, refusal));
           return;
         }
         // a session over its watch limit gets the count, marked as not watched
@@ -155,6 +173,7 @@ export class CoordinatorSessions {
         }
         sock.send(writeReply(msg.reqId, ReplyStatus.Ok, this.counter.count(msg.tenant)));
         return;
+      }
       case MessageType.Unwatch:
         this.watches.unwatch(sock, msg.tenants);
         return;
@@ -162,6 +181,11 @@ export class CoordinatorSessions {
         const { reqId, tenant, pullFrom } = msg;
         if (!this.counter.ready) {
           sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
+        const refusal = this.counter.refusal(tenant);
+        if (refusal) {
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, refusal));
           return;
         }
         const tally = () => sock.send(writeTallied(reqId, this.counter.count(tenant), this.counter.digest(tenant)));
@@ -173,6 +197,22 @@ export class CoordinatorSessions {
           this.log.debug({ err: err.message, tenant }, 'read repair could not pull from a peer');
           sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
         });
+        return;
+      }
+      case MessageType.Remove: {
+        const { reqId, nodeId } = msg;
+        let removed: Promise<void>;
+        try {
+          removed = this.counter.remove(nodeId);
+        } catch (err) {
+          if (!(err instanceof MembershipError)) throw err;
+          sock.send(writeReply(reqId, ReplyStatus.BadRequest, 0, err.message));
+          return;
+        }
+        removed.then(
+          () => sock.send(writeReply(reqId, ReplyStatus.Ok, 1)),
+          (err: Error) => sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, `could not store the removal: ${err.message}`)),
+        );
         return;
       }
       case MessageType.Hello:

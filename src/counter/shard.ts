@@ -31,6 +31,8 @@ export interface Recovered {
 
 export class Shard {
   readonly gset: GSet;
+  /** Answers reads and takes writes; false while it catches up from its replicas (fed by gossip meanwhile). */
+  serving = true;
   /** Settles once every update appended so far is in the log (appends are written in order). */
   private logTail: Promise<void> = Promise.resolve();
   /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */

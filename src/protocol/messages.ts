@@ -60,6 +60,11 @@ export const MessageType = {
   Remove: 16,
   /** y-protocols sync message of the member list's document, counter ↔ counter. */
   MembersSync: 17,
+  /**
+   * Counter → counter: the answer to a shard's sync step 1 (or a pull) from a counter that does
+   * not hold that shard; it takes the place of the step 2, so answers stay in order.
+   */
+  NotHeld: 18,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -155,7 +160,8 @@ export type Message =
   | { type: typeof MessageType.ShardSync; shard: number; decoder: decoding.Decoder }
   | { type: typeof MessageType.ShardReplicate; ackId: number; shard: number; update: Uint8Array }
   | { type: typeof MessageType.Remove; reqId: number; nodeId: string }
-  | { type: typeof MessageType.MembersSync; decoder: decoding.Decoder };
+  | { type: typeof MessageType.MembersSync; decoder: decoding.Decoder }
+  | { type: typeof MessageType.NotHeld; shard: number };
 
 export interface TenantCount {
   tenant: string;
@@ -200,6 +206,10 @@ export function writeRemove(reqId: number, nodeId: string): Uint8Array {
 /** Wraps an already encoded y-protocols sync message about the member list. */
 export function writeMembersSync(write: (e: encoding.Encoder) => void): Uint8Array {
   return frame(MessageType.MembersSync, write);
+}
+
+export function writeNotHeld(shard: number): Uint8Array {
+  return frame(MessageType.NotHeld, (e) => encoding.writeVarUint(e, shard));
 }
 
 export function writeAwareness(update: Uint8Array): Uint8Array {
@@ -408,6 +418,9 @@ export function readMessage(data: Uint8Array): Message {
       return { type, shard: readShardId(d), decoder: d }; // the sync payload is read (and checked) by y-protocols
     case MessageType.MembersSync:
       return { type, decoder: d }; // the sync payload is read (and checked) by y-protocols
+    case MessageType.NotHeld:
+      msg = { type, shard: readShardId(d) };
+      break;
     case MessageType.Remove:
       msg = { type, reqId: decoding.readVarUint(d), nodeId: readBoundedString(d, 'node id') };
       break;

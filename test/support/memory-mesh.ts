@@ -6,6 +6,7 @@
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { Counter, type Recovered, type ShardStorage, type UpdateLog } from '../../src/counter/counter.ts';
+import type { MembersStore } from '../../src/counter/membership.ts';
 import { CounterPool } from '../../src/coordinator/counter-pool.ts';
 import { coordinatorConfig, counterConfig } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
@@ -92,7 +93,15 @@ export class MemoryLog implements UpdateLog {
 /** A counter's disk: one MemoryLog per shard, kept across the counter's crashes. */
 export class MemoryDisk implements ShardStorage {
   private readonly logs = new Map<number, MemoryLog>();
+  private readonly catchingUp = new Set<number>();
   private slowFsyncMs = 3;
+  private membersState: Uint8Array | null = null;
+  readonly members: MembersStore = {
+    load: async () => this.membersState,
+    save: async (state) => {
+      this.membersState = state.slice();
+    },
+  };
 
   constructor(
     private readonly clock: SimClock,
@@ -110,9 +119,27 @@ export class MemoryDisk implements ShardStorage {
     return log;
   }
 
-  async open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered }> {
+  async held(): Promise<number[]> {
+    return [...this.logs.keys()].sort((a, b) => a - b);
+  }
+
+  async open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered; catchingUp: boolean }> {
     const log = this.log(shard);
-    return { log, recovered: log.recovered() };
+    return { log, recovered: log.recovered(), catchingUp: this.catchingUp.has(shard) };
+  }
+
+  async setCatchingUp(shard: number, on: boolean): Promise<void> {
+    if (on) {
+      this.log(shard);
+      this.catchingUp.add(shard);
+    } else {
+      this.catchingUp.delete(shard);
+    }
+  }
+
+  async remove(shard: number): Promise<void> {
+    this.logs.delete(shard);
+    this.catchingUp.delete(shard);
   }
 
   /** Every fsync of this disk takes 1 to `ms` ms (seeded). */
@@ -159,6 +186,8 @@ export interface MemoryMeshOptions {
   replayStepBytes?: number;
   /** SHARDS (default 8: fewer messages per simulated second than the product's 64). */
   shards?: number;
+  /** REPLICATION_FACTOR (default 3, the product's). */
+  factor?: number;
 }
 
 export class MemoryMesh {
@@ -213,9 +242,10 @@ export class MemoryMesh {
       COUNTER_ID: c.id,
       ADVERTISE_ADDRESS: c.address,
       SHARDS: String(this.opts.shards ?? 8),
+      REPLICATION_FACTOR: String(this.opts.factor ?? 3),
       PEERS: this.counters.filter((o) => o !== c).map((o) => o.address).join(','),
     });
-    const counter = Counter.create(
+    const counter = await Counter.create(
       config,
       { storage: c.disk, transport: this.net.transportFor(c.id), clock: this.clock, clientID: Math.floor(this.rng() * 2 ** 31), replayStepBytes: this.opts.replayStepBytes },
       this.log.child({ node: c.id }),
@@ -295,12 +325,18 @@ export class MemoryMesh {
    * replicas can hold different sets of one size for a while).
    */
   converged(): boolean {
-    const running = this.counters.filter((c) => c.counter);
     for (const tenant of this.sent.keys()) {
-      const states = new Set(running.map((c) => `${c.counter!.count(tenant)}/${c.counter!.digest(tenant)}`));
+      const states = new Set(this.servingCounters(tenant).map((c) => `${c.count(tenant)}/${c.digest(tenant)}`));
       if (states.size !== 1) return false;
     }
     return true;
+  }
+
+  /** The running counters that hold the tenant's shard caught up (ready or not: a restarted one is still catching up). */
+  servingCounters(tenant: string): Counter[] {
+    const out: Counter[] = [];
+    for (const c of this.counters) if (c.counter && c.counter.refusal(tenant) === null) out.push(c.counter);
+    return out;
   }
 
   /**
@@ -312,6 +348,7 @@ export class MemoryMesh {
     for (const c of this.counters) {
       if (!c.counter) continue;
       for (const [tenant, ids] of this.sent) {
+        if (c.counter.refusal(tenant) !== null) continue;
         const n = c.counter.count(tenant);
         const acked = this.acked.get(tenant)?.size ?? 0;
         if (n < acked) problems.push(`${c.id} counts ${n} for ${tenant}, below the ${acked} acknowledged`);

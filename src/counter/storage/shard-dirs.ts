@@ -7,14 +7,21 @@
  * A DATA_DIR of the format before shards (one log store at its top) is migrated by the counter
  * (see migrate.ts); `legacy` tells it one is there.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SNAPSHOT_NAME, logSeq } from './codec.ts';
-import { errorCode, replaceFile, syncDir } from './files.ts';
+import { DIR_MODE, errorCode, replaceFile, syncDir } from './files.ts';
 
 const MESH_FILE = 'mesh.json';
 const MESH_TMP = 'mesh.json.tmp';
 const SHARDS_DIR = 'shards';
+/** The replicated member list (see membership.ts), replaced whole on each change. */
+const MEMBERS_FILE = 'members';
+const MEMBERS_TMP = 'members.tmp';
+/** In a shard's directory: the shard is being caught up from its replicas and is not served yet. */
+const CATCHING_UP_FILE = 'catching-up';
+/** A shard directory renamed to this suffix is being deleted; a crash leaves it for the next start. */
+const DELETING_SUFFIX = '.deleting';
 /** The format this code writes; 1 was the single-document DATA_DIR (no mesh.json). */
 const FORMAT = 2;
 
@@ -78,10 +85,67 @@ export class ShardDirs {
       .sort((a, b) => a - b);
   }
 
-  /** Deletes a shard's directory (its log store is closed; the shard is held elsewhere). */
+  /**
+   * Deletes a shard's directory (its log store is closed; the shard is held elsewhere): renamed
+   * first, so a crash midway never leaves a half-deleted shard that looks held.
+   */
   async remove(shard: number): Promise<void> {
-    await rm(this.dir(shard), { recursive: true, force: true });
+    const doomed = `${this.dir(shard)}${DELETING_SUFFIX}`;
+    await rename(this.dir(shard), doomed);
     await syncDir(join(this.root, SHARDS_DIR));
+    await rm(doomed, { recursive: true, force: true });
+  }
+
+  /** Finishes deletions a crash cut short. */
+  async removeLeftovers(): Promise<void> {
+    let names: string[];
+    try {
+      names = await readdir(join(this.root, SHARDS_DIR));
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return;
+      throw err;
+    }
+    for (const n of names) if (n.endsWith(DELETING_SUFFIX)) await rm(join(this.root, SHARDS_DIR, n), { recursive: true, force: true });
+  }
+
+  /** True when the shard was still being caught up when the counter stopped. */
+  async catchingUp(shard: number): Promise<boolean> {
+    try {
+      await readFile(join(this.dir(shard), CATCHING_UP_FILE));
+      return true;
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Marks a shard as catching up (before anything of it is stored) or as caught up. */
+  async setCatchingUp(shard: number, on: boolean): Promise<void> {
+    const dir = this.dir(shard);
+    if (on) {
+      await mkdir(dir, { recursive: true, mode: DIR_MODE });
+      await syncDir(join(this.root, SHARDS_DIR));
+      await writeFile(join(dir, CATCHING_UP_FILE), '');
+    } else {
+      await unlink(join(dir, CATCHING_UP_FILE)).catch((err: unknown) => {
+        if (errorCode(err) !== 'ENOENT') throw err;
+      });
+    }
+    await syncDir(dir);
+  }
+
+  /** The member list as saved last, or null. */
+  async loadMembers(): Promise<Uint8Array | null> {
+    try {
+      return new Uint8Array(await readFile(join(this.root, MEMBERS_FILE)));
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  saveMembers(state: Uint8Array): Promise<void> {
+    return replaceFile(join(this.root, MEMBERS_FILE), join(this.root, MEMBERS_TMP), state);
   }
 
   /** Deletes the pre-shard store's files once every item in them is in the shards. */

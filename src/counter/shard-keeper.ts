@@ -1,0 +1,202 @@
+/**
+ * Which shards this counter holds, and their moves (README "Shards"). Placement is a pure
+ * function of the member list (placeShards over the members not removed); the keeper compares it
+ * with what is held here and acts, one step at a time, so that no shard ever loses its last copy:
+ *
+ * - placed here, not held: the shard is created **catching up** (held, fed by gossip, not served)
+ *   and pulled from a peer that serves it; it is served once that peer's whole state is applied.
+ *   A shard nobody holds yet (a new mesh) is served at once, but only when every member is alive
+ *   and announces its shards: a member that is down may hold it.
+ * - held, not placed here (a member joined, or this counter was removed): the shard is **handed
+ *   off**: still stored and served until every replica it is placed on is linked to this counter,
+ *   serves the shard, and showed (its latest sync step 1) that it holds everything held here; only
+ *   then is it deleted.
+ *
+ * What each counter holds and serves travels in its awareness state, which is also what the
+ * coordinators route by.
+ */
+import type { Logger } from 'pino';
+import { placeShards } from '../shared/placement.ts';
+import type { Clock, TimerHandle } from '../shared/clock.ts';
+import type { Membership } from './membership.ts';
+import type { PeerShards } from './gossip.ts';
+
+/** What the keeper needs of gossip: who is alive, what they announce, and a way to pull a shard. */
+export interface MeshView {
+  /** Member ids alive as awareness knows them, this counter included. */
+  aliveIds(): Set<string>;
+  linkedPeers(): Set<string>;
+  peerShards(id: string): PeerShards | null;
+  peerCovers(peerId: string, shard: number): boolean;
+  syncShard(peerId: string, shard: number): Promise<boolean>;
+  announceShards(held: readonly number[], serving: readonly number[]): void;
+}
+
+/** What the keeper does to the shards: the counter opens, serves and deletes them. */
+export interface ShardHost {
+  /** Held here: serving, or catching up. */
+  state(shard: number): 'serving' | 'catching-up' | null;
+  /** Creates the shard, marked catching up unless `serve`. */
+  create(shard: number, serve: boolean): Promise<void>;
+  /** The shard caught up: serve it (and remember that across restarts). */
+  serve(shard: number): Promise<void>;
+  /** Closes the shard and deletes it from disk. */
+  drop(shard: number): Promise<void>;
+  /** Held shards or their states changed. */
+  changed(): void;
+}
+
+export class ShardKeeper {
+  private placementKey = '';
+  private placement: string[][] = [];
+  /** Passes run one after another on this chain (it never rejects). */
+  private chain: Promise<void> = Promise.resolve();
+  /** The pass asked for and not started yet: further requests join it. */
+  private queued: Promise<void> | null = null;
+  /** Shards with a catch-up request in flight. */
+  private readonly pulling = new Set<number>();
+  private readonly timer: TimerHandle;
+  private leftResolve: (() => void) | null = null;
+  /** Resolves once this counter was removed from the mesh and has handed off every shard. */
+  readonly left: Promise<void>;
+  /** Off until the member list is known (from disk or a peer): placing on a partial list would move shards for nothing. */
+  active = false;
+  private closed = false;
+
+  constructor(
+    private readonly selfId: string,
+    private readonly shards: number,
+    private readonly factor: number,
+    private readonly membership: Membership,
+    private readonly mesh: MeshView,
+    private readonly host: ShardHost,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+    intervalMs: number,
+  ) {
+    this.left = new Promise((resolve) => {
+      this.leftResolve = resolve;
+    });
+    // catch-ups that failed and handoffs waiting on a peer's next state vector are retried on this beat
+    this.timer = clock.setInterval(() => void this.reconcile(), intervalMs);
+  }
+
+  /** The shard's replicas in placement order (none before the member list is known). */
+  replicas(shard: number): readonly string[] {
+    return this.current()[shard] ?? [];
+  }
+
+  isPlacedHere(shard: number): boolean {
+    return this.replicas(shard).includes(this.selfId);
+  }
+
+  /**
+   * Looks again at every shard; resolves once a pass that began after the call has ended. Passes
+   * run one at a time; requests made while one runs share the next.
+   */
+  reconcile(): Promise<void> {
+    if (!this.active || this.closed) return Promise.resolve();
+    if (this.queued) return this.queued;
+    const run = this.chain.then(() => {
+      this.queued = null;
+      if (this.closed) return;
+      return this.pass().catch((err: Error) => this.log.error({ err }, 'could not move shards; retrying on the next beat'));
+    });
+    this.queued = run;
+    this.chain = run;
+    return run;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.clock.clear(this.timer);
+  }
+
+  private current(): string[][] {
+    const placed = this.membership.placed();
+    const key = placed.join('\u0000');
+    if (key !== this.placementKey) {
+      this.placementKey = key;
+      this.placement = placed.length === 0 ? [] : placeShards(this.shards, placed, this.factor);
+    }
+    return this.placement;
+  }
+
+  private async pass(): Promise<void> {
+    const placement = this.current();
+    let changed = false;
+    for (let s = 0; s < this.shards; s++) {
+      const replicas = placement[s] ?? [];
+      const here = replicas.includes(this.selfId);
+      const state = this.host.state(s);
+      if (here && state === null) {
+        const fresh = this.nobodyHolds(s, 'held');
+        await this.host.create(s, fresh);
+        this.log.info({ shard: s, replicas }, fresh ? 'new shard: no member holds it yet; serving it' : 'shard placed here; catching up from its replicas');
+        changed = true;
+      } else if (here && state === 'catching-up') {
+        if (this.nobodyHolds(s, 'serving')) {
+          await this.host.serve(s);
+          this.log.warn({ shard: s }, 'no other member serves this shard; serving what is held here');
+          changed = true;
+        } else {
+          this.pull(s);
+        }
+      } else if (!here && state !== null && this.handedOff(s, replicas)) {
+        await this.host.drop(s);
+        this.log.info({ shard: s, replicas }, 'shard handed off to its replicas; deleted here');
+        changed = true;
+      }
+    }
+    if (changed) this.host.changed();
+    if (this.membership.isRemoved(this.selfId) && this.heldCount() === 0) this.leftResolve?.();
+  }
+
+  private heldCount(): number {
+    let n = 0;
+    for (let s = 0; s < this.shards; s++) if (this.host.state(s) !== null) n++;
+    return n;
+  }
+
+  /**
+   * True when no other member can hold (or serve) the shard: every member is alive and announces
+   * its shards, and none of those announcements has it. A member down may hold it: then it is false.
+   */
+  private nobodyHolds(shard: number, how: 'held' | 'serving'): boolean {
+    const alive = this.mesh.aliveIds();
+    for (const id of this.membership.placed()) if (!alive.has(id)) return false;
+    for (const id of alive) {
+      if (id === this.selfId) continue;
+      const theirs = this.mesh.peerShards(id);
+      if (!theirs || theirs[how].has(shard)) return false;
+    }
+    return true;
+  }
+
+  /** Asks one linked peer that serves the shard for its whole state (placed replicas first). */
+  private pull(shard: number): void {
+    if (this.pulling.has(shard)) return;
+    const linked = this.mesh.linkedPeers();
+    const serving = (id: string) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true;
+    const from = this.replicas(shard).find((id) => id !== this.selfId && serving(id)) ?? [...linked].find(serving);
+    if (!from) return;
+    this.pulling.add(shard);
+    this.mesh
+      .syncShard(from, shard)
+      .then(async (ok) => {
+        if (!ok || this.closed || this.host.state(shard) !== 'catching-up') return;
+        await this.host.serve(shard);
+        this.log.info({ shard, from }, 'shard caught up; serving it');
+        this.host.changed();
+      })
+      .catch((err: Error) => this.log.error({ err, shard }, 'could not serve a caught-up shard; retrying'))
+      .finally(() => this.pulling.delete(shard));
+  }
+
+  /** Every replica the shard is placed on is linked, serves it, and holds all this counter holds of it. */
+  private handedOff(shard: number, replicas: readonly string[]): boolean {
+    if (replicas.length === 0) return false;
+    const linked = this.mesh.linkedPeers();
+    return replicas.every((id) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true && this.mesh.peerCovers(id, shard));
+  }
+}
