@@ -17,7 +17,7 @@ import { Gossip, type ShardDocs, type ShardUpdate } from './gossip.ts';
 import { Shard, type Recovered, type UpdateLog } from './shard.ts';
 import { shardOf } from '../shared/placement.ts';
 import { PeerAcks } from './peer-acks.ts';
-import { Membership, MembershipError, type MembersStore } from './membership.ts';
+import { Membership, type MembersStore } from './membership.ts';
 import { ShardKeeper } from './shard-keeper.ts';
 import { Handshake } from './handshake.ts';
 import { CoordinatorSessions, type CounterApi } from './sessions.ts';
@@ -246,12 +246,17 @@ export class Counter implements CounterApi {
     return this.membership.remove(id);
   }
 
-  /** Null when this counter serves the tenant's shard; else why not, for the coordinator to try another. */
-  refusal(tenant: string): string | null {
+  /**
+   * Null when this counter serves the tenant's shard (for a write: takes writes for it); else why
+   * not, for the coordinator to try another counter.
+   */
+  refusal(tenant: string, write = false): string | null {
     const id = this.shardOf(tenant);
     const shard = this.shards[id];
-    if (shard?.serving) return null;
-    return shard ? `counter ${this.id} is still catching up shard ${id}` : `counter ${this.id} does not serve shard ${id}`;
+    if (!shard) return `counter ${this.id} does not serve shard ${id}`;
+    if (!shard.serving) return `counter ${this.id} is still catching up shard ${id}`;
+    if (write && !this.keeper.takesWrites(id)) return `counter ${this.id} is handing shard ${id} off to its new replicas; write to them`;
+    return null;
   }
 
   /** Serves an accepted mesh connection: the handshake hands it to a peer or a coordinator session. */

@@ -637,7 +637,9 @@ export class Gossip {
     if (this.peers.size === 0) return;
     for (const shard of this.shards.held()) {
       const frame = step1Frame(shard);
-      for (const p of this.peers) if (this.holds(p, shard.id)) this.sendStep1(p, shard, noWaiter, frame);
+      // to every peer, not only those announcing the shard: an announcement may be lost or late,
+      // and a peer that lacks the shard answers NotHeld (a few bytes)
+      for (const p of this.peers) this.sendStep1(p, shard, noWaiter, frame);
     }
     const members = this.membership.step1();
     for (const p of this.peers) p.sock.send(members);

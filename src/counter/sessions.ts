@@ -29,8 +29,8 @@ export interface CounterApi {
   /** Resolves once what the peer holds and this counter lacks is applied (read repair). */
   pull(peerId: string, tenant: string): Promise<void>;
   status(): Status;
-  /** Null when this counter serves the tenant's shard; else why not (the coordinator tries another). */
-  refusal(tenant: string): string | null;
+  /** Null when this counter serves the tenant's shard (`write`: and takes writes for it); else why not (the coordinator tries another). */
+  refusal(tenant: string, write?: boolean): string | null;
   /** Removes a member for good; resolves once on disk, throws MembershipError when it cannot be. */
   remove(id: string): Promise<void>;
 }
@@ -126,7 +126,7 @@ export class CoordinatorSessions {
         }
         // one item of a shard not served here refuses the whole Add: the coordinator sends it elsewhere
         for (const it of items) {
-          const refusal = this.counter.refusal(it.tenant);
+          const refusal = this.counter.refusal(it.tenant, true);
           if (refusal) {
             sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, refusal));
             return;

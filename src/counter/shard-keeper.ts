@@ -53,6 +53,12 @@ export class ShardKeeper {
   private chain: Promise<void> = Promise.resolve();
   /** The pass asked for and not started yet: further requests join it. */
   private queued: Promise<void> | null = null;
+  /**
+   * Shards being handed off whose new replicas serve them already: writes for them are refused
+   * here (the coordinator sends them to a replica), so this copy stops changing and the replicas
+   * can be seen to cover it. Reads are still answered.
+   */
+  private readonly draining = new Set<number>();
   /** Shards with a catch-up request in flight. */
   private readonly pulling = new Set<number>();
   private readonly timer: TimerHandle;
@@ -88,6 +94,11 @@ export class ShardKeeper {
 
   isPlacedHere(shard: number): boolean {
     return this.replicas(shard).includes(this.selfId);
+  }
+
+  /** False for a shard handed off to replicas that serve it already (see `draining`). */
+  takesWrites(shard: number): boolean {
+    return !this.draining.has(shard);
   }
 
   /**
@@ -142,10 +153,19 @@ export class ShardKeeper {
         } else {
           this.pull(s);
         }
-      } else if (!here && state !== null && this.handedOff(s, replicas)) {
-        await this.host.drop(s);
-        this.log.info({ shard: s, replicas }, 'shard handed off to its replicas; deleted here');
-        changed = true;
+      } else if (!here && state !== null) {
+        if (!this.draining.has(s) && this.servedElsewhere(s, replicas)) {
+          this.draining.add(s);
+          this.log.info({ shard: s, replicas }, 'shard served by its new replicas; writes for it go there now');
+        }
+        if (this.handedOff(s, replicas)) {
+          await this.host.drop(s);
+          this.draining.delete(s);
+          this.log.info({ shard: s, replicas }, 'shard handed off to its replicas; deleted here');
+          changed = true;
+        }
+      } else {
+        this.draining.delete(s);
       }
     }
     if (changed) this.host.changed();
@@ -193,10 +213,15 @@ export class ShardKeeper {
       .finally(() => this.pulling.delete(shard));
   }
 
-  /** Every replica the shard is placed on is linked, serves it, and holds all this counter holds of it. */
-  private handedOff(shard: number, replicas: readonly string[]): boolean {
+  /** Every replica the shard is placed on is linked and serves it. */
+  private servedElsewhere(shard: number, replicas: readonly string[]): boolean {
     if (replicas.length === 0) return false;
     const linked = this.mesh.linkedPeers();
-    return replicas.every((id) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true && this.mesh.peerCovers(id, shard));
+    return replicas.every((id) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true);
+  }
+
+  /** Every replica the shard is placed on is linked, serves it, and holds all this counter holds of it. */
+  private handedOff(shard: number, replicas: readonly string[]): boolean {
+    return this.servedElsewhere(shard, replicas) && replicas.every((id) => this.mesh.peerCovers(id, shard));
   }
 }

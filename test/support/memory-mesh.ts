@@ -11,6 +11,7 @@ import { CounterPool } from '../../src/coordinator/counter-pool.ts';
 import { coordinatorConfig, counterConfig } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
 import { SimClock, SimNetwork, NO_FAULTS, type NetworkFaults } from './sim.ts';
+import { placeShards } from '../../src/shared/placement.ts';
 import { mulberry32, type Rng } from './prng.ts';
 
 /** Settings that keep simulated runs short; the simulated time is cheap, but every beat is a message. */
@@ -211,10 +212,7 @@ export class MemoryMesh {
 
   static async start(opts: MemoryMeshOptions): Promise<MemoryMesh> {
     const mesh = new MemoryMesh(opts);
-    for (let i = 0; i < opts.counters; i++) {
-      const address = `127.7.0.${i + 1}:9001`;
-      mesh.counters.push({ index: i, id: `counter-${i + 1}`, address, disk: new MemoryDisk(mesh.clock, mulberry32(opts.seed + i)), counter: null });
-    }
+    for (let i = 0; i < opts.counters; i++) mesh.newCounter();
     for (const c of mesh.counters) await mesh.startCounter(c.index);
     for (let j = 0; j < (opts.coordinators ?? 1); j++) {
       const name = `coordinator-${j + 1}`;
@@ -268,6 +266,47 @@ export class MemoryMesh {
       return loaded || failed !== null;
     }, 30_000, `${c.id} loaded its log`);
     if (failed !== null) throw failed;
+  }
+
+  private newCounter(): SimCounter {
+    const i = this.counters.length;
+    const c: SimCounter = { index: i, id: `counter-${i + 1}`, address: `127.7.0.${i + 1}:9001`, disk: new MemoryDisk(this.clock, mulberry32(this.opts.seed + i)), counter: null };
+    this.counters.push(c);
+    return c;
+  }
+
+  /** A new counter joins the running mesh (its PEERS name every counter before it); gives its index. */
+  async addCounter(): Promise<number> {
+    const c = this.newCounter();
+    await this.startCounter(c.index);
+    return c.index;
+  }
+
+  /** The placement every running counter computes (they must agree), or null while they do not. */
+  placement(): string[][] | null {
+    const lists = new Set<string>();
+    for (const c of this.counters) if (c.counter) lists.add(c.counter.status().placed!.join(','));
+    if (lists.size !== 1) return null;
+    const placed = [...lists][0]!.split(',');
+    return placeShards(this.opts.shards ?? 8, placed, this.opts.factor ?? 3);
+  }
+
+  /**
+   * Every shard is held by exactly its placed replicas (shards handed off are deleted), each
+   * running and serving it. Null when that holds, else what does not.
+   */
+  placementProblem(): string | null {
+    const placement = this.placement();
+    if (!placement) return 'counters disagree on the members';
+    for (let s = 0; s < placement.length; s++) {
+      const holders = this.counters.filter((c) => c.counter?.status().held!.includes(s)).map((c) => c.id).sort();
+      const want = [...placement[s]!].sort();
+      if (holders.join() !== want.join()) return `shard ${s} is held by [${holders}], placed on [${want}]`;
+      for (const c of this.counters) {
+        if (want.includes(c.id) && !c.counter?.status().serving!.includes(s)) return `${c.id} does not serve shard ${s} yet`;
+      }
+    }
+    return null;
   }
 
   /** Counter `i` dies at once: connections drop, timers stop; its log keeps what was appended. */
