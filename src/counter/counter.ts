@@ -3,7 +3,7 @@
  * writes from coordinators and acknowledges them only once they are fsynced.
  */
 import type { FastifyInstance } from 'fastify';
-import type * as Y from 'yjs';
+import * as Y from 'yjs';
 import type { Logger } from 'pino';
 import type { CounterConfig } from '../shared/config.ts';
 import { systemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
@@ -158,7 +158,7 @@ export class Counter implements CounterApi {
       aliveIds: () => new Set(gossip.members().map((m) => m.id)),
       linkedPeers: () => gossip.linkedPeers(),
       peerShards: (id: string) => gossip.peerShards(id),
-      peerCovers: (id: string, shard: number) => gossip.peerCovers(id, shard),
+      peerCovers: (id: string, shard: number, required: ReadonlyMap<number, number>) => gossip.peerCovers(id, shard, required),
       syncShard: (id: string, shard: number) => gossip.syncShard(id, shard),
       announceShards: (held: readonly number[], serving: readonly number[]) => gossip.announceShards(held, serving),
     };
@@ -170,6 +170,10 @@ export class Counter implements CounterApi {
       create: (id: number, serve: boolean) => this.createShard(id, serve),
       serve: (id: number) => this.serveShard(id),
       drop: (id: number) => this.dropShard(id),
+      stateVector: (id: number) => {
+        const doc = shards[id]!.gset.doc;
+        return { sv: Y.decodeStateVector(Y.encodeStateVector(doc)), own: doc.clientID };
+      },
       changed: () => this.statusChanged(),
     };
     this.keeper = new ShardKeeper(config.id, config.shards, config.replicationFactor, membership, mesh, host, runtime.clock, log.child({ component: 'shards' }), config.heartbeatMs);

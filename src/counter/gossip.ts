@@ -183,19 +183,18 @@ export class Gossip {
   }
 
   /**
-   * True when the peer's latest sync step 1 of the shard showed it holding everything this
-   * counter holds of it (the handoff's last check before a shard is deleted here).
+   * True when the peer's latest sync step 1 of the shard showed every client at least at the
+   * clock `required` gives (the handoff's last check before a shard is deleted here). Two links
+   * to one peer: the later state vector of the two counts.
    */
-  peerCovers(peerId: string, shardId: number): boolean {
-    const shard = this.shards.get(shardId);
-    if (!shard) return true;
+  peerCovers(peerId: string, shardId: number, required: ReadonlyMap<number, number>): boolean {
     let theirs: Map<number, number> | undefined;
-    for (const p of this.peers) if (p.id === peerId && p.sock.open) theirs ??= p.stateVectors.get(shardId);
-    if (!theirs) return false;
-    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(shard.gset.doc))) {
-      if ((theirs.get(client) ?? 0) < clock) return false;
+    for (const p of this.peers) {
+      if (p.id !== peerId || !p.sock.open) continue;
+      const sv = p.stateVectors.get(shardId);
+      if (sv && (!theirs || covers(sv, theirs))) theirs = sv;
     }
-    return true;
+    return theirs !== undefined && covers(theirs, required);
   }
 
   /**
@@ -653,4 +652,10 @@ function step1Frame(shard: Shard): Uint8Array {
 
 function sameList(a: readonly number[] | undefined, b: readonly number[]): boolean {
   return a !== undefined && a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Every client of `required` is at least at its clock in `sv`. */
+function covers(sv: ReadonlyMap<number, number>, required: ReadonlyMap<number, number>): boolean {
+  for (const [client, clock] of required) if ((sv.get(client) ?? 0) < clock) return false;
+  return true;
 }

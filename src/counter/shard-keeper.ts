@@ -27,7 +27,8 @@ export interface MeshView {
   aliveIds(): Set<string>;
   linkedPeers(): Set<string>;
   peerShards(id: string): PeerShards | null;
-  peerCovers(peerId: string, shard: number): boolean;
+  /** The peer's latest sync step 1 of the shard had every client at least at `required`'s clock. */
+  peerCovers(peerId: string, shard: number, required: ReadonlyMap<number, number>): boolean;
   syncShard(peerId: string, shard: number): Promise<boolean>;
   announceShards(held: readonly number[], serving: readonly number[]): void;
 }
@@ -40,6 +41,8 @@ export interface ShardHost {
   create(shard: number, serve: boolean): Promise<void>;
   /** The shard caught up: serve it (and remember that across restarts). */
   serve(shard: number): Promise<void>;
+  /** The shard's state vector here (client → clock), and the client its writes here are made under. */
+  stateVector(shard: number): { sv: Map<number, number>; own: number };
   /** Closes the shard and deletes it from disk. */
   drop(shard: number): Promise<void>;
   /** Held shards or their states changed. */
@@ -58,7 +61,7 @@ export class ShardKeeper {
    * here (the coordinator sends them to a replica), so this copy stops changing and the replicas
    * can be seen to cover it. Reads are still answered.
    */
-  private readonly draining = new Set<number>();
+  private readonly draining = new Map<number, Map<number, number>>();
   /** Shards with a catch-up request in flight. */
   private readonly pulling = new Set<number>();
   private readonly timer: TimerHandle;
@@ -155,7 +158,7 @@ export class ShardKeeper {
         }
       } else if (!here && state !== null) {
         if (!this.draining.has(s) && this.servedElsewhere(s, replicas)) {
-          this.draining.add(s);
+          this.draining.set(s, this.host.stateVector(s).sv);
           this.log.info({ shard: s, replicas }, 'shard served by its new replicas; writes for it go there now');
         }
         if (this.handedOff(s, replicas)) {
@@ -220,8 +223,19 @@ export class ShardKeeper {
     return replicas.every((id) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true);
   }
 
-  /** Every replica the shard is placed on is linked, serves it, and holds all this counter holds of it. */
+  /**
+   * Every replica the shard is placed on is linked, serves it, and holds all this counter is
+   * answerable for: what it held when it stopped taking writes for the shard, and every write it
+   * took (one in flight then included). Updates that reached it from others since are not its
+   * to keep: the replicas wrote them, or another counter handing off waits for them itself (the
+   * replicas' state vectors would never catch up with a copy that keeps receiving their writes).
+   */
   private handedOff(shard: number, replicas: readonly string[]): boolean {
-    return this.servedElsewhere(shard, replicas) && replicas.every((id) => this.mesh.peerCovers(id, shard));
+    const snapshot = this.draining.get(shard);
+    if (!snapshot || !this.servedElsewhere(shard, replicas)) return false;
+    const { sv, own } = this.host.stateVector(shard);
+    const required = new Map(snapshot);
+    required.set(own, sv.get(own) ?? 0);
+    return replicas.every((id) => this.mesh.peerCovers(id, shard, required));
   }
 }
