@@ -63,7 +63,12 @@ async function writeWhile(mesh: MemoryMesh, rng: Rng, tag: string, done: () => b
     const problem = lastCopyProblem(mesh);
     if (problem) throw new Error(`during ${tag}: ${problem}`);
   }
-  return (await mesh.settle(answers)).filter(Boolean).length;
+  const ok = (await mesh.settle(answers)).filter(Boolean).length;
+  // the writes answered while settling may not have reached every replica yet
+  await mesh.until(() => done() && mesh.converged(), ms, `${tag}: converged after the last writes`);
+  const problem = lastCopyProblem(mesh);
+  if (problem) throw new Error(`after ${tag}: ${problem}`);
+  return ok;
 }
 
 function settled(mesh: MemoryMesh): boolean {
