@@ -38,8 +38,8 @@ function lastCopyProblem(mesh: MemoryMesh): string | null {
       const g = new GSet(silent);
       g.applyUpdates([Y.encodeStateAsUpdate(doc)], STORAGE);
       for (const it of g.items()) {
-        let ids = held.get(it.tenant);
-        if (!ids) held.set(it.tenant, (ids = new Set()));
+        const ids = held.get(it.tenant) ?? new Set<string>();
+        held.set(it.tenant, ids);
         ids.add(it.id);
       }
       g.close();

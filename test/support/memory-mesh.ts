@@ -299,11 +299,11 @@ export class MemoryMesh {
     const placement = this.placement();
     if (!placement) return 'counters disagree on the members';
     for (let s = 0; s < placement.length; s++) {
-      const holders = this.counters.filter((c) => c.counter?.status().held!.includes(s)).map((c) => c.id).sort();
+      const holders = this.counters.filter((c) => c.counter?.status().held?.includes(s)).map((c) => c.id).sort();
       const want = [...placement[s]!].sort();
       if (holders.join() !== want.join()) return `shard ${s} is held by [${holders}], placed on [${want}]`;
       for (const c of this.counters) {
-        if (want.includes(c.id) && !c.counter?.status().serving!.includes(s)) return `${c.id} does not serve shard ${s} yet`;
+        if (want.includes(c.id) && !c.counter?.status().serving?.includes(s)) return `${c.id} does not serve shard ${s} yet`;
       }
     }
     return null;
