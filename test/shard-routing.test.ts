@@ -26,7 +26,9 @@ const silent = pino({ level: 'silent' });
 /** One request as a fake counter received it, in the order all counters received them. */
 interface Received {
   counter: string;
-  type: 'add' | 'watch' | 'count' | 'tally' | 'remove';
+  type: 'add' | 'watch' | 'unwatch' | 'count' | 'tally' | 'remove';
+  tenants?: string[];
+  acks?: number;
   items?: Item[];
   tenant?: string;
   nodeId?: string;
@@ -128,7 +130,7 @@ class FakeCounter {
     switch (msg.type) {
       case MessageType.Add: {
         const why = this.refusal(msg.items.map((it) => it.tenant));
-        this.log.push({ counter: this.id, type: 'add', items: msg.items, answer: why ?? 'ok' });
+        this.log.push({ counter: this.id, type: 'add', items: msg.items, acks: msg.acks, answer: why ?? 'ok' });
         if (why) return writeReply(msg.reqId, ReplyStatus.Unavailable, 0, why);
         for (const it of msg.items) {
           const set = this.stored.get(it.tenant) ?? new Set<string>();
@@ -154,6 +156,7 @@ class FakeCounter {
         this.log.push({ counter: this.id, type: 'remove', nodeId: msg.nodeId, answer: this.removeAnswer.message || 'ok' });
         return writeReply(msg.reqId, this.removeAnswer.status as ReplyStatusNumber, 0, this.removeAnswer.message);
       case MessageType.Unwatch:
+        this.log.push({ counter: this.id, type: 'unwatch', tenants: msg.tenants, answer: 'ok' });
         return null;
       default:
         throw new Error(`the fake counter got message type ${msg.type}`);
@@ -527,6 +530,11 @@ test('watched counts come from the tenant\'s home replica, and move with it', as
       m.log.filter((r) => r.type === 'watch').map((r) => r.counter),
       [home, second],
     );
+    // and the old home's link let go of the count it kept: should the shard come back, it asks again
+    assert.equal(
+      m.log.filter((r) => r.type === 'unwatch').map((r) => [r.counter, r.tenants]),
+      [[home, [tenant]]],
+    );
   } finally {
     m.close();
   }
@@ -548,6 +556,29 @@ test('quorum replicas: the shard\'s replicas, home first, then placement order; 
     await seen(() => !m.pool.replicas(tenant).find((r) => r.id === last)!.usable, 'the dead replica is not usable');
     assert.is(m.pool.replicas(tenant).length, FACTOR, 'a dead replica still counts toward the quorum size');
   } finally {
+    m.close();
+  }
+});
+
+test('a quorum write of many tenants: each part goes to its own replicas\' first usable one, with the acknowledgments asked', async () => {
+  const m = await mesh(5);
+  const app = buildCoordinatorServer(coordinatorConfig({ LOG_LEVEL: 'silent' }), m.pool, silent);
+  try {
+    const items: Item[] = Array.from({ length: 40 }, (_, i) => ({ tenant: `t${i % 16}`, id: `i${i}` }));
+    const res = await app.inject({ method: 'POST', url: '/items?w=2', headers: { 'content-type': 'application/json' }, payload: JSON.stringify(items) });
+    assert.is(res.statusCode, 200, res.body);
+    assert.ok(new Set(adds(m).map((a) => a.counter)).size > 1, 'several counters took parts');
+    for (const a of adds(m)) {
+      assert.is(a.acks, 2);
+      for (const it of a.items!) assert.is(m.pool.replicas(it.tenant)[0]!.id, a.counter, `${it.tenant} went to its home replica`);
+    }
+    assert.equal(
+      adds(m).flatMap((a) => a.items!.map((it) => it.id)).sort(),
+      items.map((it) => it.id).sort(),
+      'every item sent once',
+    );
+  } finally {
+    await app.close();
     m.close();
   }
 });
