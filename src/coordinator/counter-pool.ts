@@ -142,8 +142,7 @@ export class CounterPool {
 
   /**
    * A counter removed for good that has nothing left to hand off (it holds no shard, or it is
-   * gone): no longer listed. Its link stays while COUNTERS names its address, in case another
-   * counter is started there.
+   * gone): no longer listed. Its link stays: another counter may be started at that address.
    */
   private gone(link: CounterLink): boolean {
     return this.map.isRemoved(link.id) && (!link.reachable || link.status?.held?.length === 0);
@@ -190,8 +189,9 @@ export class CounterPool {
     const shard = this.map.shardOf(tenant);
     const home = this.shardHome(shard)?.id;
     const out: Replica[] = [];
+    const serving = (id: string, s: number) => this.servingLink(id, s, true);
     for (const id of this.map.replicasOf(shard)) {
-      const r = new ShardReplica(id, shard, (i, s) => this.servingLink(i, s, true));
+      const r = new ShardReplica(id, shard, serving);
       if (id === home) out.unshift(r);
       else out.push(r);
     }
@@ -232,11 +232,13 @@ export class CounterPool {
       throw new NoCounterAvailableError('no counter reports the member list yet (counters of a version without placement cannot remove members)');
     }
     if (m.isRemoved(id)) throw new ClientError(404, 'ALREADY_REMOVED', `counter ${JSON.stringify(id)} was removed from the mesh already`);
-    if (!m.members.includes(id)) {
+    // a counter this coordinator links to may be a member the placed lists do not show yet: the counters decide
+    if (!m.members.includes(id) && !this.byId.has(id)) {
       throw new ClientError(404, 'UNKNOWN_COUNTER', `no counter has ${JSON.stringify(id)} as a member; members: ${m.members.join(', ')}`);
     }
-    if (m.members.length === 1) throw lastMember(id);
-    const asked = this.candidates();
+    if (m.members.length === 1 && m.members[0] === id) throw lastMember(id);
+    // removed counters still handing off are no longer in the member list's business
+    const asked = this.candidates().filter((l) => !m.isRemoved(l.id));
     // the counter being removed is asked last: it may be on its way out already
     asked.sort((a, b) => Number(a.id === id) - Number(b.id === id));
     if (asked.length === 0) throw new NoCounterAvailableError('no counter is reachable and ready to take the removal');
