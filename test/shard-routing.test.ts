@@ -11,6 +11,7 @@ import pino from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { CounterPool, coordinatorWeight, NoCounterAvailableError, type ShardsView } from '../src/coordinator/counter-pool.ts';
 import { buildCoordinatorServer } from '../src/coordinator/server.ts';
+import { ShardMap } from '../src/coordinator/shard-map.ts';
 import { coordinatorConfig, type Env } from '../src/shared/config.ts';
 import { systemClock } from '../src/shared/clock.ts';
 import { placeShards, shardOf } from '../src/shared/placement.ts';
@@ -284,6 +285,32 @@ async function rejection(p: Promise<unknown>): Promise<Error> {
   }
   throw new Error('expected a rejection');
 }
+
+// ---------------------------------------------------------------- the placement
+
+test('ShardMap: placed = union of placed lists minus union of removed; recomputed only when that changes', () => {
+  const map = new ShardMap();
+  const st = (id: string, placed: string[], removed: string[] = []): Status => ({ id, address: '', ready: true, items: 0, members: [], shards: SHARDS, factor: FACTOR, placed, removed });
+  map.update([st('a', ['a', 'b', 'c']), st('b', ['a', 'b', 'c', 'd'])]);
+  assert.equal(map.members, ['a', 'b', 'c', 'd']);
+  assert.equal(
+    Array.from({ length: SHARDS }, (_, s) => map.replicasOf(s)),
+    placeShards(SHARDS, ['a', 'b', 'c', 'd'], FACTOR),
+  );
+  const before = map.replicasOf(0);
+  map.update([st('b', ['d', 'c', 'b', 'a']), st('a', ['a', 'b', 'c'])]);
+  assert.ok(map.replicasOf(0) === before, 'same inputs in another order: the placement is not computed again');
+  // one counter already knows c is removed: it is out, whatever the others still list
+  map.update([st('a', ['a', 'b', 'c', 'd']), st('b', ['a', 'b', 'd'], ['c'])]);
+  assert.equal(map.members, ['a', 'b', 'd']);
+  assert.equal(map.removed, ['c']);
+  assert.ok(map.isRemoved('c'));
+  assert.equal(map.replicasOf(0), placeShards(SHARDS, ['a', 'b', 'd'], FACTOR)[0]);
+  // statuses without placement fields count for nothing
+  const plain = new ShardMap();
+  plain.update([{ id: 'a', address: '', ready: true, items: 0, members: [], shards: SHARDS }, null]);
+  assert.is(plain.sharded, false);
+});
 
 // ---------------------------------------------------------------- routing
 
