@@ -7,9 +7,11 @@ Commands:
   up           the whole mesh on this machine: coordinator + COUNTER_COUNT counters (npm start)
   coordinator  the REST API (one process, as a container runs it)
   counter      one counter (one process, as a container runs it)
+  remove ID    remove counter ID from the mesh for good, through a coordinator
+  leave ID     remove counter ID and wait until it has handed off its shards and is gone
 
 Every setting is an environment variable (see .env.dist); a flag --http-port 8081 sets HTTP_PORT.
-Run counter-mesh <command> --help for the settings each command reads.
+Run counter-mesh <command> --help for the settings (or options) each command reads.
 Tools (from a clone of the repository): npm run chaos -- --help, npm run bench -- --help.
 `;
 
@@ -43,6 +45,32 @@ LOG_LEVEL. SIGHUP re-reads the TLS files.
 
 SIGTERM or SIGINT: reports not ready, answers the adds already taken once they are fsynced (at
 most SHUTDOWN_TIMEOUT_MS), hands its last updates to its peers, closes, exits 0.
+`,
+  remove: `Usage: counter-mesh remove ID [--coordinator URL]
+
+Removes counter ID (its COUNTER_ID, as GET /counters lists it) from the mesh for good:
+DELETE /counters/ID on the coordinator. A live counter hands its shards to the counters placed
+for them and then exits; a dead one's shards are copied again from their other replicas. It is
+never placed again. Prints the coordinator's answer; exit code 0 once the removal is accepted,
+1 when it is refused or the coordinator cannot be reached, 2 for a bad argument.
+
+  --coordinator URL  the coordinator (default http://127.0.0.1:HTTP_PORT, https:// when TLS_CERT is set)
+
+Reads API_KEY (sent as Authorization: Bearer) and TLS_CA (trusted for https://) from the
+environment or .env. SIGTERM on a counter is a stop, not a removal: a stopped counter stays a
+member and its shards keep their other replicas.
+`,
+  leave: `Usage: counter-mesh leave ID [--coordinator URL] [--timeout S]
+
+Removes counter ID like counter-mesh remove (an ID removed already is fine), then waits until it
+holds no shard (GET /shards) and the coordinator no longer lists it (GET /counters). Exit code 0
+once it has left; 1 at the timeout (the removal stands and the handoff goes on: run leave again
+to keep waiting), when the coordinator refuses, or when it cannot be reached; 2 for a bad argument.
+
+  --coordinator URL  the coordinator (default http://127.0.0.1:HTTP_PORT, https:// when TLS_CERT is set)
+  --timeout S        seconds to wait for the handoff (default 600)
+
+Reads API_KEY and TLS_CA like counter-mesh remove.
 `,
 };
 

@@ -1,5 +1,6 @@
 /**
- * `counter-mesh <command>`: up, coordinator, counter. (The chaos and bench tools live in tools/ and run on their own.)
+ * `counter-mesh <command>`: up, coordinator, counter, and the operator's remove and leave. (The
+ * chaos and bench tools live in tools/ and run on their own.)
  */
 import { ConfigError, coordinatorConfig, counterConfig, launcherConfig, loadEnv } from '../shared/config.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
@@ -46,6 +47,13 @@ async function main(argv: string[]): Promise<number> {
       const env = loadEnv(rest);
       const { runUp } = await import('./up.ts');
       return runUp(launcherConfig(env), env);
+    }
+    case 'remove':
+    case 'leave': {
+      // their flags are their own (--coordinator, --timeout), not settings: only API_KEY, TLS_CA and the like come from the environment
+      const env = loadEnv([]);
+      const { runLeave, runRemove } = await import('./membership.ts');
+      return command === 'remove' ? runRemove(rest, env) : runLeave(rest, env);
     }
     default:
       throw new ConfigError(`unknown command "${command}"; run counter-mesh --help`);
@@ -106,7 +114,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: Error) => {
-    if (err instanceof ConfigError || err.name === 'DataDirLockedError') {
+    if (err instanceof ConfigError || err.name === 'DataDirLockedError' || err.name === 'UsageError') {
       process.stderr.write(`counter-mesh: ${err.message}\n`);
     } else {
       process.stderr.write(`counter-mesh: ${err.stack ?? err.message}\n`);

@@ -5,7 +5,8 @@
 import type { Logger } from 'pino';
 import { Dialer } from '../protocol/dialer.ts';
 import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
-import { MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeAdd, writeHello, writeTally, writeUnwatch, writeWatch, type Item, type Message, type Status } from '../protocol/messages.ts';
+import { MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeAdd, writeHello, writeRemove, writeTally, writeUnwatch, writeWatch, type Item, type Message, type Status } from '../protocol/messages.ts';
+import { shardOf } from '../shared/placement.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { CoordinatorConfig } from '../shared/config.ts';
@@ -273,6 +274,15 @@ export class CounterLink implements Receiver {
     });
   }
 
+  /**
+   * Asks the counter to remove the member `nodeId` from the mesh for good. Resolves once the
+   * removal is in the counter's member list on disk; rejects with CounterRejectedError when the
+   * counter refuses it (not a member, or the last one).
+   */
+  remove(nodeId: string): Promise<void> {
+    return this.request((reqId) => writeRemove(reqId, nodeId)).then(() => undefined);
+  }
+
   close(): void {
     this.clock.clear(this.sweep);
     this.dialer.close();
@@ -339,7 +349,9 @@ export class CounterLink implements Receiver {
         return;
       case MessageType.Status: {
         const wasReady = this.status?.ready;
+        const before = this.status;
         this.status = msg.status;
+        this.forgetUnserved(before, msg.status);
         if (wasReady !== msg.status.ready) this.log.info({ counter: msg.status.id, ready: msg.status.ready }, 'counter readiness changed');
         this.onStatus(this);
         return;
@@ -372,6 +384,24 @@ export class CounterLink implements Receiver {
       default:
         throw new ProtocolError(`message type ${msg.type} is not valid from a counter`);
     }
+  }
+
+  /**
+   * Drops the watched counts of tenants whose shard the counter no longer serves: it may stop
+   * pushing them, and a count kept here would go stale unnoticed should the shard come back.
+   */
+  private forgetUnserved(before: Status | null, now: Status): void {
+    if (this.watched.size === 0 || now.serving === undefined || now.shards === undefined) return;
+    const was = before?.serving;
+    if (was !== undefined && was.length === now.serving.length && was.every((s, i) => s === now.serving![i])) return;
+    const serving = new Set(now.serving);
+    const dropped: string[] = [];
+    for (const tenant of this.watched.keys()) {
+      if (!serving.has(shardOf(tenant, now.shards))) dropped.push(tenant);
+    }
+    if (dropped.length === 0) return;
+    for (const tenant of dropped) this.watched.delete(tenant);
+    this.sock?.send(writeUnwatch(dropped));
   }
 
   private failAll(reason: string): void {

@@ -15,13 +15,16 @@
  * | 400    | REJECTED_BY_COUNTER      | a counter refused the items as malformed                           |
  * | 401    | UNAUTHORIZED             | API_KEY is set and the request lacks `Authorization: Bearer <API_KEY>` |
  * | 404    | NOT_FOUND                | no such route                                                      |
+ * | 404    | UNKNOWN_COUNTER          | DELETE /counters/:id: no counter has that id as a member (the message lists the members) |
+ * | 404    | ALREADY_REMOVED          | DELETE /counters/:id: that counter was removed already             |
+ * | 409    | LAST_MEMBER              | DELETE /counters/:id: it is the mesh's last member                 |
  * | 405    | METHOD_NOT_ALLOWED       | the path exists for other methods (see the `Allow` header)        |
  * | 413    | BODY_TOO_LARGE           | the body is larger than BODY_LIMIT                                 |
  * | 414    | URI_TOO_LONG             | the URL (or a path parameter) is too long                          |
  * | 415    | UNSUPPORTED_MEDIA_TYPE   | a body that is not `application/json` (UTF-8)                      |
  * | 429    | RATE_LIMITED             | more than RATE_LIMIT_MAX requests in RATE_LIMIT_WINDOW_MS from one client (`Retry-After`) |
  * | 400    | HTTPS_REQUIRED           | plain HTTP to a TLS port (answered in clear text by src/shared/tls.ts, then closed) |
- * | 503    | NO_COUNTER               | no counter can take the request now (`Retry-After`)                |
+ * | 503    | NO_COUNTER               | no counter can take the request now, or none serves the tenant's shard within COUNTER_TIMEOUT_MS (`Retry-After`) |
  * | 503    | TOO_MANY_VIEWERS         | 64 status-page streams are open already (`Retry-After`)            |
  * | 503    | SHUTTING_DOWN            | `/ready` only: the coordinator is stopping (README "Shutdown")     |
  * | 503    | NOT_ENOUGH_REPLICAS      | fewer replicas than `w`/`r` acknowledged or answered in time (`Retry-After`); the message gives both numbers |

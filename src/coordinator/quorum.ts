@@ -19,7 +19,10 @@
  * acknowledged before the read is on `w` replicas, one of which is among the `r` asked when
  * w + r > replicas, so the answer includes it.
  *
- * The `one` level never comes here: the pool's home-counter path serves it as it always did.
+ * The `one` level never comes here: the pool's home-replica path serves it as it always did.
+ *
+ * With shards, a tenant's replicas are its shard's (CounterPool.replicas), and a batch of several
+ * tenants is split by replicas (groupByReplicas) and each part written on its own.
  */
 import type { Item } from '../protocol/messages.ts';
 import { allowedLevels, levelSize, parseLevel, type Level } from '../shared/levels.ts';
@@ -63,6 +66,37 @@ export function requestedReplicas(raw: unknown, name: 'w' | 'r', fallback: Level
     throw new ClientError(400, 'INVALID_REQUEST', `query parameter ${name} ${shown} is not valid: use ${allowedLevels(replicas)} (the tenant has ${replicas} replicas)`);
   }
   return levelSize(level, replicas);
+}
+
+/** Items that share their replicas (same counters, same order, same usable ones), with those replicas. */
+export interface ReplicaGroup {
+  replicas: readonly Replica[];
+  items: Item[];
+}
+
+/**
+ * Splits a batch by the replicas of its items' tenants (`replicasOf`, asked once per tenant), so
+ * each part can be written to its own replicas. Tenants whose shards have the same replicas in the
+ * same state travel together: with no more counters than the replication factor, one part.
+ */
+export function groupByReplicas(items: readonly Item[], replicasOf: (tenant: string) => readonly Replica[]): ReplicaGroup[] {
+  const byTenant = new Map<string, ReplicaGroup>();
+  const byKey = new Map<string, ReplicaGroup>();
+  for (const it of items) {
+    let group = byTenant.get(it.tenant);
+    if (!group) {
+      const replicas = replicasOf(it.tenant);
+      const key = replicas.map((r) => `${r.usable ? '+' : '-'}${r.id}`).join('\u0000');
+      group = byKey.get(key);
+      if (!group) {
+        group = { replicas, items: [] };
+        byKey.set(key, group);
+      }
+      byTenant.set(it.tenant, group);
+    }
+    group.items.push(it);
+  }
+  return [...byKey.values()];
 }
 
 function usableCount(replicas: readonly Replica[]): number {

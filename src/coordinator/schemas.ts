@@ -1,4 +1,5 @@
 /** JSON Schemas of the public API; fastify validates every request against them. */
+import { MAX_WIRE_FIELD_CHARS } from '../shared/limits.ts';
 
 /** Well-formed Unicode only: a lone surrogate would not survive UTF-8 on its way to the counters. */
 const WELL_FORMED = '^(?:[^\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$';
@@ -46,4 +47,11 @@ export const postItemsResponse = {
   type: 'object',
   required: ['accepted'],
   properties: { accepted: { type: 'integer' } },
+} as const;
+
+/** DELETE /counters/:id: a counter id as counters send it (COUNTER_ID, at most 1,024 characters). */
+export const counterParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: MAX_WIRE_FIELD_CHARS, pattern: WELL_FORMED } },
 } as const;

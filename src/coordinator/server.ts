@@ -1,19 +1,19 @@
 /**
  * The public REST API: POST /items, GET /items/:tenant/count, /health, /ready, /counters; and the
- * operator's routes: /metrics and the status page (/, /status/events).
+ * operator's routes: /shards, DELETE /counters/:id, /metrics and the status page (/, /status/events).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest, type onResponseHookHandler } from 'fastify';
 import type { Logger } from 'pino';
 import type { CoordinatorConfig } from '../shared/config.ts';
 import { bearerMatches } from '../shared/secret.ts';
 import type { Item } from '../protocol/messages.ts';
-import { countParams, countResponse, postItemsBody, postItemsResponse } from './schemas.ts';
+import { counterParams, countParams, countResponse, postItemsBody, postItemsResponse } from './schemas.ts';
 import { clientErrorHandler, handleError, parseJsonBody, sendError } from './errors.ts';
-import { CounterPool, NoCounterAvailableError } from './counter-pool.ts';
+import { CounterPool, NO_PLACEMENT, NoCounterAvailableError } from './counter-pool.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { systemClock } from '../shared/clock.ts';
 import { CounterRejectedError } from './counter-link.ts';
-import { NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from './quorum.ts';
+import { groupByReplicas, NotEnoughReplicasError, readQuorum, requestedReplicas, writeQuorum, type Replica } from './quorum.ts';
 import { TIMEOUTS } from '../shared/http-timeouts.ts';
 import { serveTls } from '../shared/tls.ts';
 import type { Server as TlsServer } from 'node:tls';
@@ -32,15 +32,20 @@ const MAX_URL_LENGTH = 8192;
 const ALLOWED: [RegExp, string][] = [
   [/^\/items\/?$/, 'POST'],
   [/^\/items\/[^/]+\/count\/?$/, 'GET, HEAD'],
-  [/^\/(health|ready|counters|metrics)\/?$/, 'GET, HEAD'],
+  [/^\/(health|ready|counters|shards|metrics)\/?$/, 'GET, HEAD'],
+  [/^\/counters\/[^/]+\/?$/, 'DELETE'],
   [/^\/(status-page\/(app\.js|style\.css))?$/, 'GET, HEAD'],
   [/^\/status\/events\/?$/, 'GET'],
 ];
 
 type Req = FastifyRequest & { singleItem?: boolean };
 
-/** What the HTTP layer needs of the pool (tests pass an in-memory fake). */
-export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partial<Pick<CounterPool, 'failovers'>> & {
+/**
+ * What the HTTP layer needs of the pool (tests pass an in-memory fake). A pool without
+ * `shardsView` and `removeCounter` knows no placement: GET /shards and DELETE /counters/:id then
+ * answer as they do while no counter reports one.
+ */
+export type PoolApi = Pick<CounterPool, 'anyUsable' | 'view' | 'count'> & Partial<Pick<CounterPool, 'failovers' | 'shardsView' | 'removeCounter'>> & {
   add(items: readonly Item[]): Promise<unknown>;
   /** The tenant's replicas in placement order (see CounterPool.replicas). */
   replicas(tenant: string): readonly Replica[];
@@ -165,6 +170,22 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
     return { ready: true };
   });
   app.get('/counters', async () => pool.view());
+  app.get('/shards', async () => pool.shardsView?.() ?? NO_PLACEMENT);
+  app.delete<{ Params: { id: string } }>('/counters/:id', {
+    schema: { params: counterParams },
+    handler: async (req, reply) => {
+      const { id } = req.params;
+      try {
+        if (!pool.removeCounter) throw new NoCounterAvailableError('no counter reports the member list yet');
+        await pool.removeCounter(id);
+      } catch (err) {
+        if (!(err instanceof NoCounterAvailableError)) throw err;
+        reply.header('retry-after', '1');
+        return sendError(reply, 503, 'NO_COUNTER', `${err.message}; nothing was removed, retry later`);
+      }
+      return reply.code(202).send({ removed: id });
+    },
+  });
 
   app.post<{ Body: Item[] }>('/items', {
     schema: { body: postItemsBody(config.maxBatch), response: { 200: postItemsResponse } },
@@ -174,11 +195,11 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
         if (raw === undefined && config.writeQuorum === 'one') {
           await pool.add(req.body);
         } else {
-          // a batch's tenants share their replicas until shards exist; with shards, a batch splits by shard
+          // every shard has as many replicas (min(factor, members)), so the first tenant's count for all
           const replicas = pool.replicas(req.body[0]!.tenant);
           const w = requestedReplicas(raw, 'w', config.writeQuorum, replicas.length);
           if (w === 1) await pool.add(req.body);
-          else await writeQuorum(replicas, req.body, w);
+          else await Promise.all(groupByReplicas(req.body, (t) => pool.replicas(t)).map((g) => writeQuorum(g.replicas, g.items, w)));
         }
       } catch (err) {
         return unavailable(reply, err);
