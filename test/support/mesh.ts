@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { tsxLoaderUrl } from '../../src/shared/tsx-loader.ts';
 import { FaultProxy, type Cut } from './fault-proxy.ts';
 import { waitFor } from '../../src/shared/wait.ts';
+import { shardOf } from '../../src/shared/placement.ts';
 import https from 'node:https';
 import type { CertSet } from './certs.ts';
 
@@ -273,11 +274,28 @@ export class Mesh {
     return body.count!;
   }
 
+  /**
+   * Ready, and serving every shard it holds: a restarted or new counter catches its shards up
+   * after it reports ready, and answers 503 for those meanwhile.
+   */
   async counterReady(c: CounterNode): Promise<boolean> {
     try {
-      return (await this.call(`${this.scheme}://${c.host}:${c.port}/ready`, { headers: { authorization: `Bearer ${this.secret}` } })).ok;
+      const auth = { headers: { authorization: `Bearer ${this.secret}` } };
+      if (!(await this.call(`${this.scheme}://${c.host}:${c.port}/ready`, auth)).ok) return false;
+      const st = (await (await this.call(`${this.scheme}://${c.host}:${c.port}/status`, auth)).json()) as { held?: number[]; serving?: number[] };
+      return st.held?.length === st.serving?.length;
     } catch {
       return false;
+    }
+  }
+
+  /** The counter's status (GET /status), or null when it does not answer. */
+  async counterStatus(c: CounterNode): Promise<{ held?: number[]; serving?: number[]; shards?: number } | null> {
+    try {
+      const res = await this.call(`${this.scheme}://${c.host}:${c.port}/status`, { headers: { authorization: `Bearer ${this.secret}` } });
+      return res.ok ? ((await res.json()) as { held?: number[]; serving?: number[]; shards?: number }) : null;
+    } catch {
+      return null;
     }
   }
 
@@ -293,11 +311,13 @@ export class Mesh {
     }
   }
 
-  /** Waits until every running counter counts `expected` for each tenant. */
+  /** Waits until every running counter serving a tenant's shard counts `expected` for it. */
   async waitConverged(expected: Map<string, number>, timeoutMs = 20_000): Promise<void> {
     for (const c of this.counters) {
       if (!c.process.running) continue;
+      const st = await this.counterStatus(c);
       for (const [tenant, n] of expected) {
+        if (st?.held && st.shards && !st.held.includes(shardOf(tenant, st.shards))) continue;
         await waitFor(async () => (await this.counterCount(c, tenant)) === n, timeoutMs, `${c.id} to count ${n} for ${tenant} (has ${await this.counterCount(c, tenant).catch((e: Error) => e.message)})`);
       }
     }
