@@ -5,7 +5,11 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Mesh, type CounterNode } from './support/mesh.ts';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Mesh, type CounterNode, type ExitStatus } from './support/mesh.ts';
+import { tsxLoaderUrl } from '../src/shared/tsx-loader.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { placeShards, shardOf } from '../src/shared/placement.ts';
 import type { Status } from '../src/protocol/messages.ts';
@@ -110,5 +114,70 @@ test('a counter joins a running mesh: it takes its share of shards, counts stay 
     await mesh.close();
   }
 });
+
+/** Writes one item to each tenant; adds them to `expected`. */
+async function writeRound(mesh: Mesh, expected: Map<string, number>, tag: string): Promise<void> {
+  const items = TENANTS.map((tenant) => ({ tenant, id: `${tag}` }));
+  assert.is(await mesh.post(items), 200, `round ${tag} is acknowledged`);
+  for (const t of TENANTS) expected.set(t, (expected.get(t) ?? 0) + 1);
+}
+
+test('a dead counter removed through the coordinator: its shards are re-replicated from the survivors, counts stay right', async () => {
+  const mesh = await Mesh.start({ counters: 4, env: { SHARDS: String(SHARDS), REPLICATION_FACTOR: String(FACTOR) } });
+  try {
+    await mesh.waitReady();
+    await settled(mesh, 'four counters place their shards');
+    const expected = new Map<string, number>();
+    for (let r = 0; r < 5; r++) await writeRound(mesh, expected, `r${r}`);
+    await mesh.waitConverged(expected);
+    const dead = mesh.counters[3]!;
+    await dead.process.kill('SIGKILL');
+    fs.rmSync(dead.dataDir, { recursive: true, force: true });
+    const res = await mesh.call(mesh.url(`/counters/${dead.id}`), { method: 'DELETE' });
+    assert.is(res.status, 202, await res.text());
+    for (let r = 5; r < 10; r++) await writeRound(mesh, expected, `r${r}`);
+    await settled(mesh, 'the survivors hold every shard');
+    const again = await mesh.call(mesh.url(`/counters/${dead.id}`), { method: 'DELETE' });
+    assert.is(again.status, 404, 'a removed counter cannot be removed twice');
+    await countsEverywhere(mesh, expected);
+  } finally {
+    await mesh.close();
+  }
+});
+
+test('counter-mesh leave: a running counter hands its shards off, exits 0 by itself, and no count changes', async () => {
+  const mesh = await Mesh.start({ counters: 4, env: { SHARDS: String(SHARDS), REPLICATION_FACTOR: String(FACTOR) } });
+  try {
+    await mesh.waitReady();
+    await settled(mesh, 'four counters place their shards');
+    const expected = new Map<string, number>();
+    for (let r = 0; r < 5; r++) await writeRound(mesh, expected, `r${r}`);
+    const leaver = mesh.counters[1]!;
+    const proc = leaver.process.proc!;
+    const exited = new Promise<ExitStatus>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+    const coordinator = mesh.coordinators[0]!;
+    const cli = runCli(['leave', leaver.id, '--coordinator', `http://${coordinator.host}:${coordinator.port}`, '--timeout', '60']);
+    // writes go on while it hands off
+    for (let r = 5; r < 10; r++) await writeRound(mesh, expected, `r${r}`);
+    const { code, output } = await cli;
+    assert.is(code, 0, `counter-mesh leave succeeds:\n${output}\n${leaver.process.tail()}`);
+    assert.equal(await exited, { code: 0, signal: null }, 'the counter stopped by itself with 0');
+    await settled(mesh, 'the remaining counters hold every shard');
+    await countsEverywhere(mesh, expected);
+  } finally {
+    await mesh.close();
+  }
+});
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+function runCli(args: string[]): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['--import', tsxLoaderUrl(), MAIN, ...args], { timeout: 90_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+      resolve({ code, output: `${stdout}${stderr}` });
+    });
+  });
+}
 
 test.run();
