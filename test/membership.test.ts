@@ -14,7 +14,7 @@ import type { Rng } from './support/prng.ts';
 import { GSet } from '../src/counter/gset.ts';
 import { STORAGE } from '../src/counter/gset.ts';
 import { shardOf } from '../src/shared/placement.ts';
-import type { Item } from '../src/protocol/messages.ts';
+import { MessageType, type Item } from '../src/protocol/messages.ts';
 
 const SHARDS = 8;
 const TENANTS = Array.from({ length: 24 }, (_, i) => `tenant-${i}`);
@@ -139,6 +139,28 @@ test('a live counter leaves: it hands every shard off before it is done, and not
       await mesh.crashCounter(2);
       mesh.net.faults = { ...mesh.net.faults, drop: 0 };
       await mesh.until(() => settled(mesh) && mesh.converged(), 30_000, `settled: ${mesh.placementProblem()}`);
+      mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('a shard bigger than one message reaches a joining counter in parts, and no frame between counters is over MAX_MESSAGE_BYTES', () =>
+  withSeed('parts', async (seed, rng) => {
+    const maxBytes = 4096;
+    const mesh = await MemoryMesh.start({ seed, counters: 2, coordinators: 1, shards: 2, factor: 3, counterEnv: { MAX_MESSAGE_BYTES: String(maxBytes) } });
+    try {
+      await writeWhile(mesh, rng, 'before', () => settled(mesh), 20_000);
+      for (let b = 0; b < 40; b++) assert.ok(await mesh.settle([mesh.write(0, Array.from({ length: 20 }, (_, i) => ({ tenant: TENANTS[i % 3]!, id: `big-${b}-${i}-${'x'.repeat(40)}` })))]));
+      await mesh.until(() => mesh.converged(), 10_000, 'converged before the join');
+      const state = Y.encodeStateAsUpdate(mesh.counters[0]!.counter!.shardDoc(shardOf(TENANTS[0]!, 2))!);
+      assert.ok(state.length > 4 * maxBytes, `a shard holds ${state.length} bytes, more than one message`);
+      await mesh.addCounter();
+      await mesh.until(() => settled(mesh) && mesh.converged(), 30_000, `the new counter caught up: ${mesh.placementProblem()}`);
+      assert.ok((mesh.net.sentByType.get(MessageType.Part) ?? 0) > 4, 'the state went in parts');
+      for (const type of [MessageType.ShardSync, MessageType.ShardReplicate, MessageType.Part]) {
+        assert.ok((mesh.net.largestByType.get(type) ?? 0) <= maxBytes, `no ${type} frame over ${maxBytes} bytes (largest ${mesh.net.largestByType.get(type)})`);
+      }
       mesh.compare();
     } finally {
       await mesh.close();

@@ -1,5 +1,5 @@
 /**
- * Partitions on a real multi-process mesh (4 counters, 2 coordinators, fault proxies):
+ * Partitions on a real multi-process mesh (4 counters each holding every shard, 2 coordinators, fault proxies):
  * split brain, two counters cut from each other, a restart during a partition, a blackholed write
  * target, the seeds' kill scenario.
  * Every wait is bounded (waitFor / Mesh.waitConverged); nothing synchronises on a fixed sleep.
@@ -55,7 +55,9 @@ async function healAll(): Promise<void> {
 }
 
 test.before(async () => {
-  mesh = await Mesh.start({ counters: 4, coordinators: 2 });
+  // every counter holds every shard (factor 4 on 4 counters): these tests are about partitions of
+  // full replicas; placement and moves have their own tests (membership*.test.ts)
+  mesh = await Mesh.start({ counters: 4, coordinators: 2, env: { REPLICATION_FACTOR: '4' } });
   [c0, c1, c2, c3] = mesh.counters as [CounterNode, CounterNode, CounterNode, CounterNode];
 });
 test.after(async () => {

@@ -13,7 +13,7 @@ import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
 import { DataDirLock, LogStore } from './storage/index.ts';
 import { ShardDirs } from './storage/shard-dirs.ts';
-import { Gossip, type ShardDocs, type ShardUpdate } from './gossip.ts';
+import { Gossip, meshFrameBytes, type ShardDocs, type ShardUpdate } from './gossip.ts';
 import { Shard, type Recovered, type UpdateLog } from './shard.ts';
 import { shardOf } from '../shared/placement.ts';
 import { PeerAcks } from './peer-acks.ts';
@@ -284,7 +284,7 @@ export class Counter implements CounterApi {
         peer: (sock, hello) => (this.closing ? sock.close(CloseCode.GoingAway, 'shutting down') : this.gossip.adopt(sock, hello)),
         coordinator: (sock) => (this.closing ? sock.close(CloseCode.GoingAway, 'shutting down') : this.sessions.adopt(sock)),
       },
-      { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock },
+      { heartbeatMs: this.config.heartbeatMs, log: this.log, clock: this.clock, maxFrameBytes: meshFrameBytes(this.config) },
     );
   }
 

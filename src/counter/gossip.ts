@@ -289,7 +289,7 @@ export class Gossip {
   }
 
   private socketOptions(remote: string) {
-    return { heartbeatMs: this.config.heartbeatMs, log: this.log.child({ peer: remote }), clock: this.clock };
+    return { heartbeatMs: this.config.heartbeatMs, log: this.log.child({ peer: remote }), clock: this.clock, maxFrameBytes: meshFrameBytes(this.config) };
   }
 
   /** A peer session on the socket `attach` gives it the receiver of (an accepted socket handed off, or a new one for a dialed wire). */
@@ -648,6 +648,14 @@ export class Gossip {
 
 function step1Frame(shard: Shard): Uint8Array {
   return writeShardSync(shard.id, (e) => syncProtocol.writeSyncStep1(e, shard.gset.doc));
+}
+
+/**
+ * Counter-to-counter frames past this leave in parts: a shard's state (a sync step 2) can be bigger
+ * than one WebSocket message may be (MAX_MESSAGE_BYTES, the same on every process).
+ */
+export function meshFrameBytes(config: Readonly<CounterConfig>): number {
+  return config.maxMessageBytes - 1024;
 }
 
 function sameList(a: readonly number[] | undefined, b: readonly number[]): boolean {

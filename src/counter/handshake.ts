@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
-import { MeshSocket, type Receiver } from '../protocol/mesh-socket.ts';
+import { MeshSocket, type MeshSocketOptions, type Receiver } from '../protocol/mesh-socket.ts';
 import { CloseCode, MessageType, ProtocolError, type Message } from '../protocol/messages.ts';
 import type { Wire } from '../protocol/wire.ts';
 
@@ -17,11 +17,7 @@ export interface HandshakeTargets {
   coordinator(sock: MeshSocket): void;
 }
 
-export interface HandshakeOptions {
-  heartbeatMs: number;
-  log: Logger;
-  clock: Clock;
-}
+export type HandshakeOptions = MeshSocketOptions;
 
 export class Handshake implements Receiver {
   private readonly timer: TimerHandle;

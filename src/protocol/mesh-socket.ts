@@ -13,7 +13,7 @@
  */
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
-import { CloseCode, ProtocolError, readMessage, type Message } from './messages.ts';
+import { CloseCode, MessageType, ProtocolError, readMessage, writePart, type Message } from './messages.ts';
 import type { Wire } from './wire.ts';
 
 /** Whoever the socket's messages go to at a stage. */
@@ -27,6 +27,24 @@ export interface MeshSocketOptions {
   heartbeatMs: number;
   log: Logger;
   clock: Clock;
+  /**
+   * Frames bigger than this leave in parts (Part messages), each within it; the receiver joins
+   * them. Set it below the other side's MAX_MESSAGE_BYTES. Absent: frames leave whole.
+   */
+  maxFrameBytes?: number;
+  /** The largest message this side joins from parts (default 2 GiB: a shard's whole state). */
+  maxJoinedBytes?: number;
+}
+
+/** Bytes a Part message adds around its piece (type, index, count, length). */
+const PART_OVERHEAD_BYTES = 32;
+const DEFAULT_MAX_JOINED_BYTES = 2 ** 31;
+
+/** The pieces of the message being received in parts (they arrive together and in order). */
+interface Joining {
+  count: number;
+  pieces: Uint8Array[];
+  bytes: number;
 }
 
 /** Bytes and messages through a socket, both ways. */
@@ -47,6 +65,7 @@ export class MeshSocket {
   private closeTimer: TimerHandle | null = null;
   private closed = false;
   private corked = false;
+  private joining: Joining | null = null;
 
   constructor(
     private readonly wire: Wire,
@@ -88,6 +107,10 @@ export class MeshSocket {
 
   send(frame: Uint8Array): void {
     if (!this.open) return;
+    if (this.tooBig(frame)) {
+      for (const part of this.split(frame)) this.send(part);
+      return;
+    }
     if (!this.corked) {
       // frames sent during one event-loop turn (many replies, many requests) leave in one write
       this.corked = true;
@@ -110,6 +133,12 @@ export class MeshSocket {
    */
   sendNow(frame: Uint8Array): void {
     if (!this.open) return;
+    if (this.tooBig(frame)) {
+      const parts = this.split(frame);
+      for (const part of parts.slice(0, -1)) this.send(part);
+      this.sendNow(parts[parts.length - 1]!);
+      return;
+    }
     this.wire.send(frame);
     this.traffic.bytesOut += frame.length;
     this.traffic.messagesOut++;
@@ -117,6 +146,19 @@ export class MeshSocket {
       this.corked = false;
       this.wire.uncork();
     }
+  }
+
+  private tooBig(frame: Uint8Array): boolean {
+    return this.opts.maxFrameBytes !== undefined && frame.length > this.opts.maxFrameBytes;
+  }
+
+  /** The frame cut into Part messages, each within maxFrameBytes; written one after another, so they arrive together. */
+  private split(frame: Uint8Array): Uint8Array[] {
+    const piece = Math.max(1, this.opts.maxFrameBytes! - PART_OVERHEAD_BYTES);
+    const count = Math.ceil(frame.length / piece);
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) parts.push(writePart(i, count, frame.subarray(i * piece, (i + 1) * piece)));
+    return parts;
   }
 
   /** Bytes queued but not yet sent: lets senders back off a slow peer. */
@@ -141,6 +183,13 @@ export class MeshSocket {
     try {
       if (!binary) throw new ProtocolError('text frame');
       msg = readMessage(data);
+      if (msg.type === MessageType.Part) {
+        const whole = this.join(msg);
+        if (!whole) return;
+        msg = readMessage(whole);
+      } else if (this.joining) {
+        throw new ProtocolError(`a message arrived between the parts of another (${this.joining.pieces.length} of ${this.joining.count} came)`);
+      }
     } catch (err) {
       this.blamePeer(err as Error);
       return;
@@ -155,6 +204,30 @@ export class MeshSocket {
       this.opts.log.error({ err, remote: this.remote, type: msg.type }, 'bug: handling a valid message threw; closing the connection');
       this.close(CloseCode.InternalError, 'internal error');
     }
+  }
+
+  /** Adds a piece; returns the whole message once the last piece came. */
+  private join(part: Extract<Message, { type: typeof MessageType.Part }>): Uint8Array | null {
+    const j = this.joining ?? { count: part.count, pieces: [], bytes: 0 };
+    if (part.count !== j.count || part.index !== j.pieces.length) {
+      throw new ProtocolError(`part ${part.index} of ${part.count} after ${j.pieces.length} of ${j.count}`);
+    }
+    const limit = this.opts.maxJoinedBytes ?? DEFAULT_MAX_JOINED_BYTES;
+    j.bytes += part.bytes.length;
+    if (j.bytes > limit) throw new ProtocolError(`a message in parts is over ${limit} bytes`);
+    j.pieces.push(part.bytes);
+    if (j.pieces.length < j.count) {
+      this.joining = j;
+      return null;
+    }
+    this.joining = null;
+    const whole = new Uint8Array(j.bytes);
+    let at = 0;
+    for (const p of j.pieces) {
+      whole.set(p, at);
+      at += p.length;
+    }
+    return whole;
   }
 
   private blamePeer(err: Error): void {

@@ -65,6 +65,11 @@ export const MessageType = {
    * not hold that shard; it takes the place of the step 2, so answers stay in order.
    */
   NotHeld: 18,
+  /**
+   * Either direction: one piece of a message too big for one WebSocket message (a shard's state
+   * past MAX_MESSAGE_BYTES); the receiver joins the pieces and reads the whole as one message.
+   */
+  Part: 19,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -161,7 +166,8 @@ export type Message =
   | { type: typeof MessageType.ShardReplicate; ackId: number; shard: number; update: Uint8Array }
   | { type: typeof MessageType.Remove; reqId: number; nodeId: string }
   | { type: typeof MessageType.MembersSync; decoder: decoding.Decoder }
-  | { type: typeof MessageType.NotHeld; shard: number };
+  | { type: typeof MessageType.NotHeld; shard: number }
+  | { type: typeof MessageType.Part; index: number; count: number; bytes: Uint8Array };
 
 export interface TenantCount {
   tenant: string;
@@ -206,6 +212,15 @@ export function writeRemove(reqId: number, nodeId: string): Uint8Array {
 /** Wraps an already encoded y-protocols sync message about the member list. */
 export function writeMembersSync(write: (e: encoding.Encoder) => void): Uint8Array {
   return frame(MessageType.MembersSync, write);
+}
+
+/** Piece `index` (from 0) of `count` of a message sent in parts (see MeshSocket). */
+export function writePart(index: number, count: number, bytes: Uint8Array): Uint8Array {
+  return frame(MessageType.Part, (e) => {
+    encoding.writeVarUint(e, index);
+    encoding.writeVarUint(e, count);
+    encoding.writeVarUint8Array(e, bytes);
+  });
 }
 
 export function writeNotHeld(shard: number): Uint8Array {
@@ -421,6 +436,13 @@ export function readMessage(data: Uint8Array): Message {
     case MessageType.NotHeld:
       msg = { type, shard: readShardId(d) };
       break;
+    case MessageType.Part: {
+      const index = decoding.readVarUint(d);
+      const count = decoding.readVarUint(d);
+      if (count < 2 || index >= count) throw new ProtocolError(`part ${index} of ${count}`);
+      msg = { type, index, count, bytes: decoding.readVarUint8Array(d) };
+      break;
+    }
     case MessageType.Remove:
       msg = { type, reqId: decoding.readVarUint(d), nodeId: readBoundedString(d, 'node id') };
       break;

@@ -189,6 +189,8 @@ export interface MemoryMeshOptions {
   shards?: number;
   /** REPLICATION_FACTOR (default 3, the product's). */
   factor?: number;
+  /** More settings for every counter. */
+  counterEnv?: Record<string, string>;
 }
 
 export class MemoryMesh {
@@ -241,6 +243,7 @@ export class MemoryMesh {
       ADVERTISE_ADDRESS: c.address,
       SHARDS: String(this.opts.shards ?? 8),
       REPLICATION_FACTOR: String(this.opts.factor ?? 3),
+      ...this.opts.counterEnv,
       PEERS: this.counters.filter((o) => o !== c).map((o) => o.address).join(','),
     });
     const counter = await Counter.create(

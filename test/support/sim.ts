@@ -170,6 +170,8 @@ export class SimNetwork {
   dropped = 0;
   /** Frames sent, by message type (their first byte), dropped ones included. */
   readonly sentByType = new Map<number, number>();
+  /** The largest frame sent of each message type. */
+  readonly largestByType = new Map<number, number>();
 
   constructor(
     readonly clock: SimClock,
@@ -234,6 +236,7 @@ export class SimNetwork {
   /** Takes a frame from `from` to its peer after a seeded delay, unless dropped or cut. */
   carry(from: SimWire, frame: Uint8Array): void {
     this.sentByType.set(frame[0]!, (this.sentByType.get(frame[0]!) ?? 0) + 1);
+    this.largestByType.set(frame[0]!, Math.max(this.largestByType.get(frame[0]!) ?? 0, frame.length));
     if (this.rng() < this.faults.drop) {
       this.dropped++;
       this.note(`drop ${from.self}>${from.other} ${frame.length}`);
