@@ -115,6 +115,8 @@ export class Counter implements CounterApi {
   /** Briefly after start, wait for one peer's state so a restarted counter does not answer stale counts. */
   private catchingUp = false;
   private catchUpTimer: TimerHandle | null = null;
+  /** Shards are placed once the member list is known (see activatePlacement); ready after the first pass. */
+  private placing: 'waiting' | 'first pass' | 'done' = 'waiting';
   private closing = false;
   private closed: Promise<void> | null = null;
   private lastStatusKey = '';
@@ -297,7 +299,7 @@ export class Counter implements CounterApi {
   }
 
   get ready(): boolean {
-    return !this.closing && this.replaying === null && !this.needsPeerSync && !this.catchingUp && this.keeper.active;
+    return !this.closing && this.replaying === null && !this.needsPeerSync && !this.catchingUp && this.placing === 'done';
   }
 
   notReadyReason(): string {
@@ -308,7 +310,7 @@ export class Counter implements CounterApi {
     }
     if (this.needsPeerSync) return 'counter found damaged data on disk and waits to sync from a peer';
     if (this.catchingUp) return 'counter just started and is catching up from its peers';
-    if (!this.keeper.active) return 'counter waits for the member list from a peer';
+    if (this.placing !== 'done') return this.placing === 'waiting' ? 'counter waits for the member list from a peer' : 'counter is placing its shards';
     return '';
   }
 
@@ -643,11 +645,13 @@ export class Counter implements CounterApi {
 
   /** Placement starts once the member list is known; shards move from then on. */
   private async activatePlacement(why: string): Promise<void> {
-    if (this.keeper.active || this.closing || this.replaying) return;
+    if (this.placing !== 'waiting' || this.closing || this.replaying) return;
+    this.placing = 'first pass';
     this.keeper.active = true;
     this.log.info({ why, members: this.membership.placed() }, 'placing shards');
-    this.statusChanged();
     await this.keeper.reconcile();
+    this.placing = 'done';
+    this.statusChanged();
   }
 
   private startCatchUp(): void {

@@ -359,7 +359,8 @@ export class Gossip {
         if (!shard) {
           // a shard moved away (or not here yet): a step 1 gets NotHeld in place of its step 2;
           // updates are dropped, the peer's anti-entropy with the shard's holders carries them
-          if (decoding.peekVarUint(msg.decoder) === syncProtocol.messageYjsSyncStep1) peer.sock.send(writeNotHeld(msg.shard));
+          const kind = peekSyncKind(msg.decoder);
+          if (kind === syncProtocol.messageYjsSyncStep1) peer.sock.send(writeNotHeld(msg.shard));
           return;
         }
         // decode and apply first; only then store and forward, outside the blame of the peer's bytes
@@ -656,6 +657,20 @@ function step1Frame(shard: Shard): Uint8Array {
  */
 export function meshFrameBytes(config: Readonly<CounterConfig>): number {
   return config.maxMessageBytes - 1024;
+}
+
+/** The y-protocols message kind (step 1, step 2, update) without reading past it; anything else is the peer's error. */
+function peekSyncKind(decoder: decoding.Decoder): number {
+  let kind: number;
+  try {
+    kind = decoding.peekVarUint(decoder);
+  } catch (err) {
+    throw new ProtocolError(`malformed sync message: ${(err as Error).message}`);
+  }
+  if (kind !== syncProtocol.messageYjsSyncStep1 && kind !== syncProtocol.messageYjsSyncStep2 && kind !== syncProtocol.messageYjsUpdate) {
+    throw new ProtocolError(`unknown sync message type ${kind}`);
+  }
+  return kind;
 }
 
 function sameList(a: readonly number[] | undefined, b: readonly number[]): boolean {
