@@ -385,7 +385,8 @@ export async function chaos(opts: ChaosOptions): Promise<ChaosReport> {
     const settle = async (deadlineMs: number): Promise<string | null> => {
       const until = Date.now() + deadlineMs;
       let problem: string | null = 'not checked';
-      while (!stop.signal.aborted) {
+      // an episode begun before the writes end is carried out (as a kill's restart is)
+      while (!interrupted()) {
         problem = placementSettled(await shardsView(mesh), inMesh().map((c) => c.id), shards);
         if (problem === null || Date.now() > until) break;
         await sleep(200, stop.signal);

@@ -63,7 +63,7 @@ const RESTART_ALLOWANCE_MS = 2000;
 /** Time planned for a membership change (a start, a handoff, a removal's wait for replication). */
 const MEMBERSHIP_ALLOWANCE_MS = 4000;
 /** Share of process-track episodes that are membership changes (when on). */
-const MEMBERSHIP_SHARE = 0.4;
+const MEMBERSHIP_SHARE = 0.5;
 /** Counters added beyond the initial ones at most (loopback addresses are finite, CPUs more so). */
 const MAX_EXTRA_COUNTERS = 3;
 
