@@ -1,7 +1,8 @@
 /**
- * `npm run chaos`: a private mesh, writes through the coordinator while
- * counters are SIGKILLed and links cut on a seeded schedule, then heal, converge and check that no
- * acknowledged item was lost, nothing was invented and all counters agree. Exit 0 only if so.
+ * `npm run chaos`: a private mesh, writes through the coordinator while counters are SIGKILLed,
+ * added, removed and leaving and links cut on a seeded schedule, then heal, converge and check per
+ * shard that no acknowledged item was lost, nothing was invented, every replica serving a shard
+ * agrees and every shard has REPLICATION_FACTOR in-sync replicas. Exit 0 only if so.
  */
 import { chaos, type ChaosOptions, type ChaosReport } from './run.ts';
 import { parseLevel } from '../../src/shared/levels.ts';
@@ -11,9 +12,12 @@ export const CHAOS_HELP = `Usage: npm run chaos -- [options]
 
 Starts its own mesh (fresh temporary data folders, its own loopback addresses and ports, a TCP
 fault proxy in front of every counter), writes unique items through the coordinator while it
-SIGKILLs and restarts counters and cuts links (reset and blackhole) on a schedule drawn from
---seed, then heals everything and waits until all counters agree. Prints a report; exits 1 on
-any lost or phantom item, any disagreement or any unexpected process exit.
+SIGKILLs and restarts counters, cuts links (reset and blackhole), adds counters, removes them
+(SIGKILL, DATA_DIR deleted, DELETE /counters/:id) and lets them leave (DELETE /counters/:id while
+running) on a schedule drawn from --seed, then heals everything and waits until the placement
+settles and every shard's replicas agree. Prints a per-shard report; exits 1 on any lost or
+phantom item, any disagreement, any shard short of REPLICATION_FACTOR in-sync replicas or any
+unexpected process exit.
 
 Options:
   --counters N     counters in the mesh (default 3)
@@ -29,6 +33,7 @@ Options:
   --readers N      readers of the stale-read check, through two coordinators (default 2; 0: none)
   --env KEY=VALUE  extra setting for every process of the mesh (repeatable), e.g. --env COMPACT_BYTES=65536
   --no-resend      do not resend items with an unknown outcome after the heal (checks become bounds)
+  --no-membership  no membership faults (counters added, removed, leaving): kills and cuts only
   --json           print the report as JSON instead of a table
   --help           this text
 `;
@@ -42,7 +47,7 @@ interface Parsed {
 }
 
 export function parseChaosArgs(argv: readonly string[]): Parsed {
-  const options: Parsed['options'] = { counters: 3, durationS: 60, seed: 1, rate: 200, clients: 8, tenants: 5, resend: true, w: 'one', r: 'one', readers: 2 };
+  const options: Parsed['options'] = { counters: 3, durationS: 60, seed: 1, rate: 200, clients: 8, tenants: 5, resend: true, w: 'one', r: 'one', readers: 2, membership: true };
   let json = false;
   let help = false;
   for (let i = 0; i < argv.length; i++) {
@@ -111,6 +116,9 @@ export function parseChaosArgs(argv: readonly string[]): Parsed {
       case '--no-resend':
         options.resend = false;
         break;
+      case '--no-membership':
+        options.membership = false;
+        break;
       case '--json':
         json = true;
         break;
@@ -134,16 +142,19 @@ export function formatReport(r: ChaosReport): string {
   const o = r.options;
   const lines: string[] = [];
   const w = r.writes;
+  const factor = r.factor ?? 0;
+  const short = r.shards.filter((x) => x.replicas.filter((y) => y.inSync).length < Math.min(factor, r.finalCounters.length) || x.handingOff.length > 0 || factor === 0);
   const env = Object.entries(o.env).map(([k, v]) => `${k}=${v}`).join(' ');
-  lines.push(`chaos — seed ${o.seed}, ${o.counters} counters, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants, w=${o.w} r=${o.r}, ${o.readers} readers${env ? `, env ${env}` : ''}`);
+  lines.push(`chaos — seed ${o.seed}, ${o.counters} counters${o.membership ? '' : ' (no membership faults)'}, ${o.durationS} s, ${o.rate === 'max' ? 'max rate' : `${o.rate} items/s`}, ${o.clients} clients, ${o.tenants} tenants, w=${o.w} r=${o.r}, ${o.readers} readers${env ? `, env ${env}` : ''}`);
   lines.push('');
   lines.push('What is checked:');
   for (const c of r.checks) lines.push(`  - ${c}`);
   lines.push('');
-  lines.push(`Fault schedule (seed ${o.seed}; planned start after the writes begin):`);
+  lines.push(`Fault schedule (seed ${o.seed}; planned start after the writes begin${o.membership ? '; network faults name slots: at injection slot i is the i-th counter still in the mesh, the log line names it' : ''}):`);
   for (const f of r.schedule) lines.push(`  ${pad(`+${(f.atMs / 1000).toFixed(1)}s`, 8, true)}  ${pad(f.track, 8)} ${f.description}`);
   const cut = r.schedule.length - r.injected.length;
-  if (cut > 0) lines.push(`  (${cut} planned fault(s) not injected: the run ended first)`);
+  if (cut > 0) lines.push(`  (${cut} planned fault(s) not injected: the run ended first, or skipped)`);
+  for (const k of r.skipped) lines.push(`  ${k}`);
   lines.push('');
   const rows: [string, string | number][] = [
     ['write requests', w.requests],
@@ -160,6 +171,7 @@ export function formatReport(r: ChaosReport): string {
     ['LOST acknowledged items', r.lost],
     ['PHANTOM items (counted, never sent)', r.phantom],
     ['counters disagreeing after convergence', r.disagreeingCounters],
+    ['shards short of in-sync replicas', `${short.length} of ${r.shards.length} (REPLICATION_FACTOR ${r.factor ?? 'not reported'})`],
     ['heal → convergence', r.convergenceMs === null ? 'never (deadline passed)' : `${r.convergenceMs} ms (resend took ${r.resendMs} ms)`],
     ['reads during the writes', o.readers === 0 ? 'none (--readers 0)' : `${r.reads.requests}: answered ${r.reads.answered}, rejected ${Object.entries(r.reads.rejectedByStatus).map(([s, n]) => `${s}: ${n}`).join(', ') || 0}, transport errors ${r.reads.failed}`],
     [`STALE reads (below acknowledged${r.reads.strict ? '' : '; reported only'})`, r.reads.stale],
@@ -172,22 +184,28 @@ export function formatReport(r: ChaosReport): string {
         .map(([k, v]) => `${k} ${v}`)
         .join(', ')}; counters killed ${r.faults.killedCounters}, partitions ${r.faults.partitions}, coordinator cuts ${r.faults.isolations}`,
     ],
+    ['membership faults', o.membership ? `counters added ${r.faults.add}, removed ${r.faults.remove}, left ${r.faults.leave}; in the mesh at the end: ${r.finalCounters.join(', ')}` : 'off (--no-membership)'],
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   for (const [k, v] of rows) lines.push(`  ${pad(k, width)}${v}`);
   lines.push('');
-  lines.push('Per tenant:');
-  const counterHeads = r.tenants[0]?.counted.map((_, i) => `c${i}`) ?? [];
-  lines.push(`  ${pad('tenant', 12)}${pad('sent', 8, true)}${pad('acked', 8, true)}${pad('unknown', 9, true)}${counterHeads.map((h) => pad(h, 8, true)).join('')}${pad('lost', 7, true)}${pad('phantom', 9, true)}`);
-  for (const t of r.tenants) {
-    lines.push(`  ${pad(t.tenant, 12)}${pad(t.sent, 8, true)}${pad(t.acked, 8, true)}${pad(t.unknown, 9, true)}${t.counted.map((v) => pad(v ?? '-', 8, true)).join('')}${pad(t.lost, 7, true)}${pad(t.phantom, 9, true)}`);
+  lines.push('Per shard holding tenants (replicas from GET /shards, * = in sync; counts from each serving counter):');
+  lines.push(`  ${pad('shard', 6)}${pad('tenant', 12)}${pad('sent', 8, true)}${pad('acked', 8, true)}${pad('unknown', 9, true)}${pad('lost', 6, true)}${pad('phantom', 9, true)}  counted per serving replica`);
+  for (const s of r.shards.filter((x) => x.tenants.length > 0)) {
+    lines.push(`  ${pad(s.shard, 6)}replicas ${s.replicas.map((x) => `${x.id}${x.inSync ? '*' : ''}`).join(' ') || '-'}${s.handingOff.length ? `; handing off ${s.handingOff.join(' ')}` : ''}; serving ${s.serving.join(' ') || '-'}${s.agree ? '' : '  DISAGREE'}`);
+    for (const t of r.tenants.filter((x) => x.shard === s.shard)) {
+      lines.push(`  ${pad('', 6)}${pad(t.tenant, 12)}${pad(t.sent, 8, true)}${pad(t.acked, 8, true)}${pad(t.unknown, 9, true)}${pad(t.lost, 6, true)}${pad(t.phantom, 9, true)}  ${t.counted.map((x) => `${x.id}=${x.count ?? '-'}`).join(' ') || 'no serving counter'}`);
+    }
   }
+  const rest = r.shards.filter((x) => x.tenants.length === 0);
+  const restShort = rest.filter((x) => short.includes(x));
+  lines.push(`  ${rest.length} other shard(s) hold no tenant of the run; ${restShort.length === 0 ? `each has ${r.factor ?? '?'} in-sync replicas` : `short of in-sync replicas: ${restShort.map((x) => `${x.shard} (${x.replicas.map((y) => `${y.id}${y.inSync ? '*' : ''}`).join(' ')})`).join(', ')}`}`);
   for (const e of r.reads.examples) lines.push(`stale read: ${e}`);
   for (const n of r.notes) lines.push(`note: ${n}`);
   for (const u of r.unexpectedExits) lines.push(`\n${u.process} output before its unexpected exit:\n${u.tail}`);
   lines.push('');
   if (r.interrupted) lines.push('INTERRUPTED: no verdict');
-  else if (r.ok) lines.push(`PASS: no acknowledged item lost, no phantom, all counters agree${r.reads.strict && o.readers > 0 ? ', no stale read' : ''}`);
+  else if (r.ok) lines.push(`PASS: no acknowledged item lost, no phantom, every shard's replicas agree and are in sync${r.reads.strict && o.readers > 0 ? ', no stale read' : ''}`);
   else {
     lines.push('FAIL:');
     for (const v of r.violations) lines.push(`  - ${v}`);
