@@ -122,13 +122,24 @@ async function writeRound(mesh: Mesh, expected: Map<string, number>, tag: string
   for (const t of TENANTS) expected.set(t, (expected.get(t) ?? 0) + 1);
 }
 
-test('a dead counter removed through the coordinator: its shards are re-replicated from the survivors, counts stay right', async () => {
+/** Four counters (factor 2, so shards are spread) with their shards placed, and five rounds written. */
+async function fourCountersWithItems(): Promise<{ mesh: Mesh; expected: Map<string, number> }> {
   const mesh = await Mesh.start({ counters: 4, env: { SHARDS: String(SHARDS), REPLICATION_FACTOR: String(FACTOR) } });
+  const expected = new Map<string, number>();
   try {
     await mesh.waitReady();
     await settled(mesh, 'four counters place their shards');
-    const expected = new Map<string, number>();
     for (let r = 0; r < 5; r++) await writeRound(mesh, expected, `r${r}`);
+  } catch (err) {
+    await mesh.close();
+    throw err;
+  }
+  return { mesh, expected };
+}
+
+test('a dead counter removed through the coordinator: its shards are re-replicated from the survivors, counts stay right', async () => {
+  const { mesh, expected } = await fourCountersWithItems();
+  try {
     await mesh.waitConverged(expected);
     const dead = mesh.counters[3]!;
     await dead.process.kill('SIGKILL');
@@ -146,12 +157,8 @@ test('a dead counter removed through the coordinator: its shards are re-replicat
 });
 
 test('counter-mesh leave: a running counter hands its shards off, exits 0 by itself, and no count changes', async () => {
-  const mesh = await Mesh.start({ counters: 4, env: { SHARDS: String(SHARDS), REPLICATION_FACTOR: String(FACTOR) } });
+  const { mesh, expected } = await fourCountersWithItems();
   try {
-    await mesh.waitReady();
-    await settled(mesh, 'four counters place their shards');
-    const expected = new Map<string, number>();
-    for (let r = 0; r < 5; r++) await writeRound(mesh, expected, `r${r}`);
     const leaver = mesh.counters[1]!;
     const proc = leaver.process.proc!;
     const exited = new Promise<ExitStatus>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
