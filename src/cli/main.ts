@@ -29,7 +29,7 @@ async function main(argv: string[]): Promise<number> {
       // removed from the mesh (counter-mesh leave, or DELETE /counters/:id while it runs): once
       // every shard is handed off it stops by itself, with 0
       const left = counter.left.then(async () => {
-        log.warn({ id: config.id }, 'removed from the mesh and every shard handed off; stopping');
+        log.warn({ id: config.id }, 'removed from the mesh, every shard handed off: stopping. A removed COUNTER_ID is never placed again: to bring this machine back, start it with a new COUNTER_ID and an empty DATA_DIR');
         await counter.close();
         return 0;
       });
