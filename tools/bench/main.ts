@@ -24,7 +24,7 @@ import { makeTestCerts, type CertSet } from '../../test/support/certs.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
-import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
+import { CounterEndpoint, Inspector, NodeProc, rssBytes, servesPlaced, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
 import { runIfScript } from '../script.ts';
@@ -345,16 +345,18 @@ function productEnv(): Record<string, string> {
   };
 }
 
-/** Every counter sees all `n` members and the coordinator sees all counters ready. */
 /** GET for the bench's own checks: fetch, or https with the mesh's CA when it runs with TLS. */
 function get(url: string, tls?: CertSet): Promise<SimpleResponse> {
   return tls ? httpsRequest(url, tls) : fetch(url);
 }
 
+/** Every counter sees all members and serves every shard placed on it; the coordinator sees all counters ready. */
 async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000, tls?: CertSet): Promise<void> {
-  for (const c of counters) await waitFor(() => c.ready(), timeoutMs, `${c.address} ready`);
   for (const c of counters) {
-    await waitFor(async () => (await c.status()).members.length >= counters.length, timeoutMs, `${c.address} to see ${counters.length} members`);
+    await waitFor(async () => {
+      const s = await c.status();
+      return s.members.length >= counters.length && s.placed.length >= counters.length && servesPlaced(s);
+    }, timeoutMs, `${c.address} to see ${counters.length} members and serve every shard placed on it`);
   }
   await waitFor(async () => {
     const res = await get(`${url}/counters`, tls);
@@ -518,8 +520,10 @@ async function postBatch(o: Options, mesh: MeshHandle, say: Say, notes: string[]
   return { items_per_s: Math.round(median(rates)), batch: o.batch, replicated_ms: round1(median(replicated)) };
 }
 
-async function partitionHeal(o: Options, say: Say, notes: string[]): Promise<Figures['partition_heal']> {
+async function partitionHeal(o: Options, say: Say, notes: string[], cleanups: (() => Promise<void>)[]): Promise<Figures['partition_heal']> {
   const { handle, mesh } = await startProxiedMesh(3);
+  // an interrupted run (SIGINT) must not leave this mesh's processes behind
+  cleanups.push(() => handle.close());
   try {
     const [c0, c1, c2] = handle.counters as [CounterEndpoint, CounterEndpoint, CounterEndpoint];
     const base = await waitSettled(handle.counters, 30_000);
@@ -578,7 +582,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
   };
   const holdsAll = async (ep: CounterEndpoint) => {
     const s = await ep.status();
-    return s.items === n && (await ep.count(TENANT_NAMES[0]!)) === roundRobinCount(n, 0);
+    return servesPlaced(s) && s.items === n && (await ep.count(TENANT_NAMES[0]!)) === roundRobinCount(n, 0);
   };
   const spawnUntil = async (proc: NodeProc, ep: CounterEndpoint, what: string): Promise<number> => {
     proc.start();
@@ -590,7 +594,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     // memory: the same process empty, then holding n items; full GC through the inspector before each reading
     const a = await counter('m0', 0, [], [`--inspect=127.0.0.30:0`]);
     a.proc.start();
-    await waitFor(() => a.ep.ready(), 30_000, `m0 ready\n${a.proc.tail()}`, 10);
+    await waitFor(() => a.ep.serving(), 30_000, `m0 to serve every shard\n${a.proc.tail()}`, 10);
     const emptyStartMs = performance.now() - a.proc.startedAt;
     const insp = await Inspector.attach(a.proc);
     let heap: number;
@@ -657,11 +661,13 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
   }
 }
 
+/** Bytes of the files under `dir`, shard folders included. */
 function dirBytes(dir: string): number {
   let total = 0;
-  for (const name of fs.readdirSync(dir)) {
-    const st = fs.statSync(path.join(dir, name));
-    if (st.isFile()) total += st.size;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += dirBytes(p);
+    else if (e.isFile()) total += fs.statSync(p).size;
   }
   return total;
 }
@@ -826,7 +832,7 @@ export async function runBench(argv: string[]): Promise<number> {
       }
       await ceiling.kill('SIGKILL');
     }
-    if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes);
+    if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes, cleanups);
     if (opts.only.has('memory')) {
       const s = await stateFigures(opts, path.join(root, 'state'), secret, say, notes);
       figures.memory = s.memory;
