@@ -19,12 +19,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Mesh, freePort, httpsRequest, type SimpleResponse } from '../../test/support/mesh.ts';
-import { makeTestCerts, type CertSet } from '../../test/support/certs.ts';
+import { Mesh, freePort } from '../../test/support/mesh.ts';
+import { makeTestCerts } from '../../test/support/certs.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
 import { CounterEndpoint, Inspector, NodeProc, rssBytes, servesPlaced, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
+import { productEnv, startDirectMesh, waitMeshFormed, type MeshHandle } from './direct-mesh.ts';
+import { TENANTS, TENANT_NAMES, fill, nextId, randomTenant, roundRobinCount } from './items.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
 import { runIfScript } from '../script.ts';
@@ -216,37 +218,6 @@ function parseArgs(argv: string[]): Options | null {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// items
-
-const TENANTS = 1000;
-const TENANT_NAMES = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(4, '0')}`);
-/** 5 random hex chars + 11 base-36 digits: 16-char ids, unique within and across runs. */
-const RUN_PREFIX = randomBytes(3).toString('hex').slice(0, 5);
-let idSeq = 0;
-
-function nextId(): string {
-  return RUN_PREFIX + (idSeq++).toString(36).padStart(11, '0');
-}
-
-function randomTenant(): string {
-  return TENANT_NAMES[Math.floor(Math.random() * TENANTS)]!;
-}
-
-/** `n` fresh items in batches, tenants round robin (item k goes to tenant k % 1000). */
-function* fill(n: number, batch: number): Generator<Item[]> {
-  for (let k = 0; k < n; k += batch) {
-    const size = Math.min(batch, n - k);
-    const items: Item[] = new Array(size);
-    for (let j = 0; j < size; j++) items[j] = { tenant: TENANT_NAMES[(k + j) % TENANTS]!, id: nextId() };
-    yield items;
-  }
-}
-
-/** How many of `n` round-robin items went to tenant number `t`. */
-function roundRobinCount(n: number, t: number): number {
-  return t < n ? Math.floor((n - 1 - t) / TENANTS) + 1 : 0;
-}
 
 // ---------------------------------------------------------------------------------------------
 // load
@@ -322,111 +293,6 @@ function median(xs: number[]): number {
 
 // ---------------------------------------------------------------------------------------------
 // meshes
-
-/** What the figures need of a running mesh. */
-interface MeshHandle {
-  url: string;
-  counters: CounterEndpoint[];
-  /** Coordinator first, then counters. */
-  procs: { name: string; pid: () => number; startedAt: () => number; stop: (signal: NodeJS.Signals) => Promise<void> }[];
-  /** Compactions the counters logged ("compacted log into snapshot"), as [counter, ms]; direct mesh only. */
-  compactions: () => [string, number][];
-  close(): Promise<void>;
-}
-
-/** Product defaults for timing settings (examples/lib/mesh.ts shortens them for tests). */
-function productEnv(): Record<string, string> {
-  return {
-    LOG_LEVEL: SETTINGS.LOG_LEVEL,
-    HEARTBEAT_MS: SETTINGS.HEARTBEAT_MS,
-    ANTI_ENTROPY_MS: SETTINGS.ANTI_ENTROPY_MS,
-    RECONNECT_MAX_MS: SETTINGS.RECONNECT_MAX_MS,
-    COUNTER_TIMEOUT_MS: SETTINGS.COUNTER_TIMEOUT_MS,
-  };
-}
-
-/** GET for the bench's own checks: fetch, or https with the mesh's CA when it runs with TLS. */
-function get(url: string, tls?: CertSet): Promise<SimpleResponse> {
-  return tls ? httpsRequest(url, tls) : fetch(url);
-}
-
-/** Every counter sees all members and serves every shard placed on it; the coordinator sees all counters ready. */
-async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000, tls?: CertSet): Promise<void> {
-  for (const c of counters) {
-    await waitFor(async () => {
-      const s = await c.status();
-      return s.members.length >= counters.length && s.placed.length >= counters.length && servesPlaced(s);
-    }, timeoutMs, `${c.address} to see ${counters.length} members and serve every shard placed on it`);
-  }
-  await waitFor(async () => {
-    const res = await get(`${url}/counters`, tls);
-    const list = (await res.json()) as { ready: boolean }[];
-    return list.filter((x) => x.ready).length >= counters.length;
-  }, timeoutMs, 'the coordinator to see every counter ready');
-}
-
-/**
- * Coordinator and counters talking to each other directly (no proxies): counter i on
- * 127.0.0.(10+i), the coordinator on 127.0.0.2, PEERS/COUNTERS set to the real addresses.
- */
-async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => [], tls?: CertSet, env: Record<string, string> = {}): Promise<MeshHandle> {
-  const base = { ...productEnv(), CLUSTER_SECRET: secret, ...(tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {}), ...env };
-  const nodes: { proc: NodeProc; ep: CounterEndpoint }[] = [];
-  for (let i = 0; i < n; i++) {
-    const host = `127.0.0.${10 + i}`;
-    const port = await freePort(host);
-    const proc = new NodeProc(`c${i}`, 'counter', {}, nodeArgs(`c${i}`));
-    proc.watch = /compacted log into snapshot/;
-    nodes.push({ proc, ep: new CounterEndpoint(host, port, secret, tls) });
-  }
-  for (const [i, { proc, ep }] of nodes.entries()) {
-    proc.env = {
-      ...base,
-      HOST: ep.host,
-      COUNTER_PORT: String(ep.port),
-      COUNTER_ID: `c${i}`,
-      DATA_DIR: path.join(root, `c${i}`),
-      PEERS: nodes.filter((_, j) => j !== i).map((o) => o.ep.address).join(','),
-    };
-  }
-  const coordHost = '127.0.0.2';
-  const coordPort = await freePort(coordHost);
-  const coordinator = new NodeProc('coordinator', 'coordinator', {
-    ...base,
-    HOST: coordHost,
-    HTTP_PORT: String(coordPort),
-    COUNTERS: nodes.map((x) => x.ep.address).join(','),
-  }, nodeArgs('coordinator'));
-  const all = [coordinator, ...nodes.map((x) => x.proc)];
-  const handle: MeshHandle = {
-    url: `${tls ? 'https' : 'http'}://${coordHost}:${coordPort}`,
-    counters: nodes.map((x) => x.ep),
-    procs: all.map((p) => ({ name: p.name, pid: () => p.pid, startedAt: () => p.startedAt, stop: (s) => p.kill(s) })),
-    compactions: () =>
-      nodes.flatMap(({ proc }) =>
-        proc.watched.map((line): [string, number] => {
-          try {
-            return [proc.name, Number((JSON.parse(line) as { ms?: number }).ms)];
-          } catch {
-            return [proc.name, NaN];
-          }
-        }),
-      ),
-    close: async () => {
-      await Promise.all(all.map((p) => p.kill('SIGKILL')));
-    },
-  };
-  try {
-    for (const x of nodes) x.proc.start();
-    coordinator.start();
-    await waitFor(async () => (await get(`${handle.url}/health`, tls)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
-    await waitMeshFormed(handle.url, handle.counters, 30_000, tls);
-    return handle;
-  } catch (err) {
-    await handle.close();
-    throw new Error(`${(err as Error).message}\n${all.map((p) => `--- ${p.name}\n${p.tail(10)}`).join('\n')}`);
-  }
-}
 
 /** The test-harness mesh: every connection to a counter goes through that counter's FaultProxy. */
 async function startProxiedMesh(n: number): Promise<{ handle: MeshHandle; mesh: Mesh }> {
