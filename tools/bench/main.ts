@@ -29,6 +29,7 @@ import { productEnv, startDirectMesh, waitMeshFormed, type MeshHandle } from './
 import { TENANTS, TENANT_NAMES, fill, nextId, randomTenant, roundRobinCount } from './items.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
+import { shardedFigures } from './scale.ts';
 import { runIfScript } from '../script.ts';
 
 const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
@@ -41,6 +42,9 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
   --out FILE           also write the figures as JSON
   --items N            items for memory, restart and catch_up
   --per-side N         items written on each side of the partition (default 10,000)
+  --scale-items N      items for scale (6 counters, factor 3): full 2,000,000, quick 200,000
+  --join-items N       items for join, restart.ms_20m and compaction (3 counters, factor 3): full
+                       20,000,000 (about 3 GiB RSS per counter), quick 1,000,000
   --rounds N           throughput rounds (the median is reported)
   --seconds S          length of one throughput round
   --batch-connections N  connections for the 1,000-item POSTs (default 10)
@@ -64,14 +68,19 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
 type Mode = 'smoke' | 'quick' | 'full';
 const PROFILE_ROUTES = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const;
 type ProfileRoute = (typeof PROFILE_ROUTES)[number];
-type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
-const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
+/** 'scale' runs the sharded figures: scale, join, restart.ms_20m and compaction. */
+type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory' | 'scale';
+const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory', 'scale'];
 
 interface Options {
   mode: Mode;
   out: string | null;
   items: number;
   perSide: number;
+  scaleItems: number;
+  joinItems: number;
+  /** COMPACT_BYTES of the join mesh: the product default, but smaller in a smoke run so that its tiny shards compact. */
+  joinCompactBytes: number;
   rounds: number;
   roundS: number;
   warmupS: number;
@@ -102,7 +111,14 @@ export interface Figures {
   get_count_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   /** rss_bytes_per_item after a full GC on both readings; _no_gc as read right after the load, as an operator's `ps` would. */
   memory: { items: number; tenants: number; rss_bytes_per_item: number; rss_bytes_per_item_no_gc: number; heap_bytes_per_item: number | null };
-  restart: { items: number; ms: number };
+  /** ms: the memory counter (alone, graceful stop); ms_20m: one counter of the join mesh, kill -9, until a sample of its tenants counts right. */
+  restart: { items?: number; ms?: number; ms_20m?: number };
+  /** 6 counters, factor 3: the largest counter's items / all items; RSS of all counters / all items, as found and after restart + full GC. */
+  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number };
+  /** A fourth counter joining 3 (factor 3) that hold `items`: from spawn until it serves every shard placed on it. */
+  join: { items: number; ms: number };
+  /** POST p99 (post_single through the coordinator) over a round in which `compactions` shard compactions happened. */
+  compaction: { items: number; post_p99_ms: number; compactions: number };
   catch_up: { items: number; ms: number };
   partition_heal: { items_per_side: number; ms: number };
   machine: { cpus: number; node: string; date: string };
@@ -117,6 +133,9 @@ function parseArgs(argv: string[]): Options | null {
     out: null,
     items: { smoke: 20_000, quick: 100_000, full: 1_000_000 }[mode],
     perSide: mode === 'smoke' ? 2_000 : 10_000,
+    scaleItems: { smoke: 20_000, quick: 200_000, full: 2_000_000 }[mode],
+    joinItems: { smoke: 20_000, quick: 1_000_000, full: 20_000_000 }[mode],
+    joinCompactBytes: mode === 'smoke' ? 64 * 64 * 1024 : Number(SETTINGS.COMPACT_BYTES),
     rounds: { smoke: 1, quick: 3, full: 5 }[mode],
     roundS: { smoke: 1, quick: 3, full: 5 }[mode],
     warmupS: { smoke: 0.3, quick: 1, full: 2 }[mode],
@@ -160,6 +179,12 @@ function parseArgs(argv: string[]): Options | null {
         break;
       case '--per-side':
         o.perSide = int(1);
+        break;
+      case '--scale-items':
+        o.scaleItems = int(1000);
+        break;
+      case '--join-items':
+        o.joinItems = int(1000);
         break;
       case '--rounds':
         o.rounds = int(1);
@@ -559,6 +584,10 @@ interface Target {
   value: number;
   /** Items the target is defined at (memory/restart/catch_up); the mark gets a * when measured elsewhere. */
   atItems?: number;
+  /** The figure whose value is the size measured at, when not the group's `items`. */
+  sizeKey?: string;
+  /** The target holds from atItems up: only a smaller size gets the *. */
+  atLeast?: boolean;
 }
 
 const TARGETS: Target[] = [
@@ -577,6 +606,11 @@ const TARGETS: Target[] = [
   { key: 'restart.ms', op: '<=', value: 3000, atItems: 1_000_000 },
   { key: 'catch_up.ms', op: '<=', value: 5000, atItems: 1_000_000 },
   { key: 'partition_heal.ms', op: '<=', value: 2000, atItems: 10_000 },
+  { key: 'scale.items_per_counter_ratio', op: '<=', value: 0.55, atItems: 2_000_000 },
+  { key: 'scale.rss_bytes_per_item', op: '<=', value: 300, atItems: 2_000_000 },
+  { key: 'join.ms', op: '<=', value: 15_000, atItems: 20_000_000 },
+  { key: 'restart.ms_20m', op: '<=', value: 10_000, atItems: 20_000_000, sizeKey: 'join.items' },
+  { key: 'compaction.post_p99_ms', op: '<=', value: 25, atItems: 10_000_000, atLeast: true },
 ];
 
 function _lookup(f: Partial<Figures>, key: string): number | null | undefined {
@@ -600,8 +634,8 @@ function formatTable(f: Partial<Figures>): { text: string; misses: string[] } {
       let mark = '';
       if (t && typeof v === 'number') {
         const ok = t.op === '>=' ? v >= t.value : v <= t.value;
-        const size = group === 'partition_heal' ? f.partition_heal?.items_per_side : (fields as { items?: number }).items;
-        const off = t.atItems !== undefined && size !== undefined && size !== t.atItems;
+        const size = t.sizeKey ? (_lookup(f, t.sizeKey) ?? undefined) : group === 'partition_heal' ? f.partition_heal?.items_per_side : (fields as { items?: number }).items;
+        const off = t.atItems !== undefined && size !== undefined && (t.atLeast ? size < t.atItems : size !== t.atItems);
         starred ||= off;
         mark = `${ok ? 'pass' : 'MISS'}${off ? '*' : ''}`;
         if (!ok) misses.push(key);
@@ -704,6 +738,14 @@ export async function runBench(argv: string[]): Promise<number> {
       figures.memory = s.memory;
       figures.restart = s.restart;
       figures.catch_up = s.catch_up;
+    }
+    if (opts.only.has('scale')) {
+      const post = async (url: string, seconds: number) => drive(url, opts.connections, seconds, postSingleRequest());
+      const s = await shardedFigures({ scaleItems: opts.scaleItems, joinItems: opts.joinItems, roundS: Math.max(opts.roundS, 2), compactBytes: opts.joinCompactBytes }, path.join(root, 'sharded'), secret, post, say, notes, cleanups);
+      figures.scale = s.scale;
+      figures.join = s.join;
+      figures.restart = { ...figures.restart, ms_20m: s.restart_ms_20m };
+      figures.compaction = s.compaction;
     }
     figures.machine = { cpus: os.cpus().length, node: process.version, date: new Date().toISOString() };
 
