@@ -138,8 +138,8 @@ export async function startDirectMesh(root: string, secret: string, n: number, n
   try {
     for (const x of nodes) x.proc.start();
     coordinator.start();
-    await waitFor(async () => (await get(`${handle.url}/health`, tls)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
-    await waitMeshFormed(handle.url, handle.counters, 60_000, tls);
+    await waitFor(async () => (await get(`${handle.url}/health`, tls)).ok, 90_000, `coordinator health\n${coordinator.tail()}`);
+    await waitMeshFormed(handle.url, handle.counters, 90_000, tls);
     return handle;
   } catch (err) {
     await handle.close();

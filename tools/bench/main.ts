@@ -7,7 +7,8 @@
  * partition healing on counters of its own. Prints a table with the targets and, with --out,
  * writes the figures as JSON (keys: post_single, post_batch, get_count, post_single_tls,
  * get_count_tls (the same two over HTTPS, TLS on every socket), memory, restart, catch_up,
- * partition_heal, machine).
+ * partition_heal, and the sharded figures of scale.ts: scale, join, restart.ms_20m, compaction;
+ * machine).
  *
  * Sizes: --smoke (about 20 s, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
  * 100,000 items), default full run (about 3-5 minutes, 1,000,000 items). Throughput figures are
