@@ -6,6 +6,7 @@
 import WebSocket from 'ws';
 import { MESH_PATH } from '../../src/protocol/ws-wire.ts';
 import { MessageType, ReplyStatus, readMessage, writeAdd, writeHello, type Item } from '../../src/protocol/messages.ts';
+import { shardOf } from '../../src/shared/placement.ts';
 
 export class CounterClient {
   private nextReqId = 1;
@@ -83,4 +84,66 @@ export async function loadBatches(client: CounterClient, batches: Iterable<Item[
   await Promise.all(Array.from({ length: window }, lane));
   if (failure) throw failure;
   return acked;
+}
+
+/**
+ * Loads items into a sharded mesh: each item goes to its shard's home replica (the first of the
+ * placement its counters agree on), which refuses shards it does not serve; gossip copies it to
+ * the shard's other replicas.
+ */
+export class ShardedLoader {
+  private constructor(
+    private readonly clients: Map<string, CounterClient>,
+    private readonly home: string[],
+    private readonly shards: number,
+  ) {}
+
+  /** Connects to every counter; `placement` is placeShards over the mesh's members (ids as in `counters`). */
+  static async connect(counters: readonly { id: string; address: string }[], secret: string, placement: readonly string[][]): Promise<ShardedLoader> {
+    const clients = new Map<string, CounterClient>();
+    for (const c of counters) clients.set(c.id, await CounterClient.connect(c.address, secret));
+    const home = placement.map((replicas, s) => {
+      const id = replicas[0];
+      if (id === undefined || !clients.has(id)) throw new Error(`shard ${s} is placed on ${replicas.join(', ')}, not on a counter the loader reaches`);
+      return id;
+    });
+    return new ShardedLoader(clients, home, placement.length);
+  }
+
+  /** Sends `batches`, each split by home replica, keeping `window` batches in flight; resolves with the items acknowledged. */
+  async load(batches: Iterable<Item[]>, window = 8): Promise<number> {
+    const byCounter = (items: Item[]): Map<string, Item[]> => {
+      const out = new Map<string, Item[]>();
+      for (const item of items) {
+        const id = this.home[shardOf(item.tenant, this.shards)]!;
+        const list = out.get(id);
+        if (list) list.push(item);
+        else out.set(id, [item]);
+      }
+      return out;
+    };
+    const it = batches[Symbol.iterator]();
+    let acked = 0;
+    let failure: Error | null = null;
+    const lane = async (): Promise<void> => {
+      for (;;) {
+        if (failure) return;
+        const next = it.next();
+        if (next.done) return;
+        try {
+          const parts = [...byCounter(next.value)].map(([id, items]) => this.clients.get(id)!.add(items));
+          for (const n of await Promise.all(parts)) acked += n;
+        } catch (err) {
+          failure = err as Error;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: window }, lane));
+    if (failure) throw failure;
+    return acked;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+  }
 }

@@ -7,7 +7,8 @@
  * partition healing on counters of its own. Prints a table with the targets and, with --out,
  * writes the figures as JSON (keys: post_single, post_batch, get_count, post_single_tls,
  * get_count_tls (the same two over HTTPS, TLS on every socket), memory, restart, catch_up,
- * partition_heal, machine).
+ * partition_heal, and the sharded figures of scale.ts: scale, join, restart.ms_20m, compaction;
+ * machine).
  *
  * Sizes: --smoke (about 20 s, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
  * 100,000 items), default full run (about 3-5 minutes, 1,000,000 items). Throughput figures are
@@ -19,14 +20,17 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Mesh, freePort, httpsRequest, type SimpleResponse } from '../../test/support/mesh.ts';
-import { makeTestCerts, type CertSet } from '../../test/support/certs.ts';
+import { Mesh, freePort } from '../../test/support/mesh.ts';
+import { makeTestCerts } from '../../test/support/certs.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import { SETTINGS } from '../../src/shared/config.ts';
 import type { Item } from '../../src/protocol/messages.ts';
-import { CounterEndpoint, Inspector, NodeProc, rssBytes, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
+import { CounterEndpoint, Inspector, NodeProc, rssBytes, servesPlaced, sleep, waitAllHold, waitQuiet, waitSettled } from './procs.ts';
+import { productEnv, startDirectMesh, waitMeshFormed, type MeshHandle } from './direct-mesh.ts';
+import { TENANTS, TENANT_NAMES, fill, nextId, randomTenant, roundRobinCount } from './items.ts';
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
+import { shardedFigures } from './scale.ts';
 import { runIfScript } from '../script.ts';
 
 const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
@@ -39,6 +43,9 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
   --out FILE           also write the figures as JSON
   --items N            items for memory, restart and catch_up
   --per-side N         items written on each side of the partition (default 10,000)
+  --scale-items N      items for scale (6 counters, factor 3): full 2,000,000, quick 200,000
+  --join-items N       items for join, restart.ms_20m and compaction (3 counters, factor 3): full
+                       20,000,000 (about 3 GiB RSS per counter), quick 1,000,000
   --rounds N           throughput rounds (the median is reported)
   --seconds S          length of one throughput round
   --batch-connections N  connections for the 1,000-item POSTs (default 10)
@@ -62,14 +69,19 @@ const USAGE = `Usage: npm run bench -- [--smoke | --quick] [--out FILE] [options
 type Mode = 'smoke' | 'quick' | 'full';
 const PROFILE_ROUTES = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const;
 type ProfileRoute = (typeof PROFILE_ROUTES)[number];
-type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory';
-const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory'];
+/** 'scale' runs the sharded figures: scale, join, restart.ms_20m and compaction. */
+type Figure = 'post_single' | 'post_single_quorum' | 'post_batch' | 'get_count' | 'get_count_quorum' | 'post_single_tls' | 'get_count_tls' | 'partition_heal' | 'memory' | 'scale';
+const FIGURES: Figure[] = ['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum', 'post_single_tls', 'get_count_tls', 'partition_heal', 'memory', 'scale'];
 
 interface Options {
   mode: Mode;
   out: string | null;
   items: number;
   perSide: number;
+  scaleItems: number;
+  joinItems: number;
+  /** COMPACT_BYTES of the join mesh: the product default, but smaller in a smoke run so that its tiny shards compact. */
+  joinCompactBytes: number;
   rounds: number;
   roundS: number;
   warmupS: number;
@@ -100,7 +112,14 @@ export interface Figures {
   get_count_quorum: { rps: number; p50_ms: number; p99_ms: number; ceiling_rps: number; ratio: number };
   /** rss_bytes_per_item after a full GC on both readings; _no_gc as read right after the load, as an operator's `ps` would. */
   memory: { items: number; tenants: number; rss_bytes_per_item: number; rss_bytes_per_item_no_gc: number; heap_bytes_per_item: number | null };
-  restart: { items: number; ms: number };
+  /** ms: the memory counter (alone, graceful stop); ms_20m: one counter of the join mesh, kill -9, until a sample of its tenants counts right. */
+  restart: { items?: number; ms?: number; ms_20m?: number };
+  /** 6 counters, factor 3: the largest counter's items / all items; RSS of all counters / all items, as found and after restart + full GC. */
+  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number };
+  /** A fourth counter joining 3 (factor 3) that hold `items`: from spawn until it serves every shard placed on it. */
+  join: { items: number; ms: number };
+  /** POST p99 (post_single through the coordinator) over a round in which `compactions` shard compactions happened. */
+  compaction: { items: number; post_p99_ms: number; compactions: number };
   catch_up: { items: number; ms: number };
   partition_heal: { items_per_side: number; ms: number };
   machine: { cpus: number; node: string; date: string };
@@ -115,6 +134,9 @@ function parseArgs(argv: string[]): Options | null {
     out: null,
     items: { smoke: 20_000, quick: 100_000, full: 1_000_000 }[mode],
     perSide: mode === 'smoke' ? 2_000 : 10_000,
+    scaleItems: { smoke: 20_000, quick: 200_000, full: 2_000_000 }[mode],
+    joinItems: { smoke: 20_000, quick: 1_000_000, full: 20_000_000 }[mode],
+    joinCompactBytes: mode === 'smoke' ? 64 * 64 * 1024 : Number(SETTINGS.COMPACT_BYTES),
     rounds: { smoke: 1, quick: 3, full: 5 }[mode],
     roundS: { smoke: 1, quick: 3, full: 5 }[mode],
     warmupS: { smoke: 0.3, quick: 1, full: 2 }[mode],
@@ -158,6 +180,12 @@ function parseArgs(argv: string[]): Options | null {
         break;
       case '--per-side':
         o.perSide = int(1);
+        break;
+      case '--scale-items':
+        o.scaleItems = int(1000);
+        break;
+      case '--join-items':
+        o.joinItems = int(1000);
         break;
       case '--rounds':
         o.rounds = int(1);
@@ -216,37 +244,6 @@ function parseArgs(argv: string[]): Options | null {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// items
-
-const TENANTS = 1000;
-const TENANT_NAMES = Array.from({ length: TENANTS }, (_, i) => `tenant-${String(i).padStart(4, '0')}`);
-/** 5 random hex chars + 11 base-36 digits: 16-char ids, unique within and across runs. */
-const RUN_PREFIX = randomBytes(3).toString('hex').slice(0, 5);
-let idSeq = 0;
-
-function nextId(): string {
-  return RUN_PREFIX + (idSeq++).toString(36).padStart(11, '0');
-}
-
-function randomTenant(): string {
-  return TENANT_NAMES[Math.floor(Math.random() * TENANTS)]!;
-}
-
-/** `n` fresh items in batches, tenants round robin (item k goes to tenant k % 1000). */
-function* fill(n: number, batch: number): Generator<Item[]> {
-  for (let k = 0; k < n; k += batch) {
-    const size = Math.min(batch, n - k);
-    const items: Item[] = new Array(size);
-    for (let j = 0; j < size; j++) items[j] = { tenant: TENANT_NAMES[(k + j) % TENANTS]!, id: nextId() };
-    yield items;
-  }
-}
-
-/** How many of `n` round-robin items went to tenant number `t`. */
-function roundRobinCount(n: number, t: number): number {
-  return t < n ? Math.floor((n - 1 - t) / TENANTS) + 1 : 0;
-}
 
 // ---------------------------------------------------------------------------------------------
 // load
@@ -322,109 +319,6 @@ function median(xs: number[]): number {
 
 // ---------------------------------------------------------------------------------------------
 // meshes
-
-/** What the figures need of a running mesh. */
-interface MeshHandle {
-  url: string;
-  counters: CounterEndpoint[];
-  /** Coordinator first, then counters. */
-  procs: { name: string; pid: () => number; startedAt: () => number; stop: (signal: NodeJS.Signals) => Promise<void> }[];
-  /** Compactions the counters logged ("compacted log into snapshot"), as [counter, ms]; direct mesh only. */
-  compactions: () => [string, number][];
-  close(): Promise<void>;
-}
-
-/** Product defaults for timing settings (examples/lib/mesh.ts shortens them for tests). */
-function productEnv(): Record<string, string> {
-  return {
-    LOG_LEVEL: SETTINGS.LOG_LEVEL,
-    HEARTBEAT_MS: SETTINGS.HEARTBEAT_MS,
-    ANTI_ENTROPY_MS: SETTINGS.ANTI_ENTROPY_MS,
-    RECONNECT_MAX_MS: SETTINGS.RECONNECT_MAX_MS,
-    COUNTER_TIMEOUT_MS: SETTINGS.COUNTER_TIMEOUT_MS,
-  };
-}
-
-/** Every counter sees all `n` members and the coordinator sees all counters ready. */
-/** GET for the bench's own checks: fetch, or https with the mesh's CA when it runs with TLS. */
-function get(url: string, tls?: CertSet): Promise<SimpleResponse> {
-  return tls ? httpsRequest(url, tls) : fetch(url);
-}
-
-async function waitMeshFormed(url: string, counters: CounterEndpoint[], timeoutMs = 30_000, tls?: CertSet): Promise<void> {
-  for (const c of counters) await waitFor(() => c.ready(), timeoutMs, `${c.address} ready`);
-  for (const c of counters) {
-    await waitFor(async () => (await c.status()).members.length >= counters.length, timeoutMs, `${c.address} to see ${counters.length} members`);
-  }
-  await waitFor(async () => {
-    const res = await get(`${url}/counters`, tls);
-    const list = (await res.json()) as { ready: boolean }[];
-    return list.filter((x) => x.ready).length >= counters.length;
-  }, timeoutMs, 'the coordinator to see every counter ready');
-}
-
-/**
- * Coordinator and counters talking to each other directly (no proxies): counter i on
- * 127.0.0.(10+i), the coordinator on 127.0.0.2, PEERS/COUNTERS set to the real addresses.
- */
-async function startDirectMesh(root: string, secret: string, n: number, nodeArgs: (name: string) => string[] = () => [], tls?: CertSet, env: Record<string, string> = {}): Promise<MeshHandle> {
-  const base = { ...productEnv(), CLUSTER_SECRET: secret, ...(tls ? { TLS_CERT: tls.cert, TLS_KEY: tls.key, TLS_CA: tls.ca } : {}), ...env };
-  const nodes: { proc: NodeProc; ep: CounterEndpoint }[] = [];
-  for (let i = 0; i < n; i++) {
-    const host = `127.0.0.${10 + i}`;
-    const port = await freePort(host);
-    const proc = new NodeProc(`c${i}`, 'counter', {}, nodeArgs(`c${i}`));
-    proc.watch = /compacted log into snapshot/;
-    nodes.push({ proc, ep: new CounterEndpoint(host, port, secret, tls) });
-  }
-  for (const [i, { proc, ep }] of nodes.entries()) {
-    proc.env = {
-      ...base,
-      HOST: ep.host,
-      COUNTER_PORT: String(ep.port),
-      COUNTER_ID: `c${i}`,
-      DATA_DIR: path.join(root, `c${i}`),
-      PEERS: nodes.filter((_, j) => j !== i).map((o) => o.ep.address).join(','),
-    };
-  }
-  const coordHost = '127.0.0.2';
-  const coordPort = await freePort(coordHost);
-  const coordinator = new NodeProc('coordinator', 'coordinator', {
-    ...base,
-    HOST: coordHost,
-    HTTP_PORT: String(coordPort),
-    COUNTERS: nodes.map((x) => x.ep.address).join(','),
-  }, nodeArgs('coordinator'));
-  const all = [coordinator, ...nodes.map((x) => x.proc)];
-  const handle: MeshHandle = {
-    url: `${tls ? 'https' : 'http'}://${coordHost}:${coordPort}`,
-    counters: nodes.map((x) => x.ep),
-    procs: all.map((p) => ({ name: p.name, pid: () => p.pid, startedAt: () => p.startedAt, stop: (s) => p.kill(s) })),
-    compactions: () =>
-      nodes.flatMap(({ proc }) =>
-        proc.watched.map((line): [string, number] => {
-          try {
-            return [proc.name, Number((JSON.parse(line) as { ms?: number }).ms)];
-          } catch {
-            return [proc.name, NaN];
-          }
-        }),
-      ),
-    close: async () => {
-      await Promise.all(all.map((p) => p.kill('SIGKILL')));
-    },
-  };
-  try {
-    for (const x of nodes) x.proc.start();
-    coordinator.start();
-    await waitFor(async () => (await get(`${handle.url}/health`, tls)).ok, 30_000, `coordinator health\n${coordinator.tail()}`);
-    await waitMeshFormed(handle.url, handle.counters, 30_000, tls);
-    return handle;
-  } catch (err) {
-    await handle.close();
-    throw new Error(`${(err as Error).message}\n${all.map((p) => `--- ${p.name}\n${p.tail(10)}`).join('\n')}`);
-  }
-}
 
 /** The test-harness mesh: every connection to a counter goes through that counter's FaultProxy. */
 async function startProxiedMesh(n: number): Promise<{ handle: MeshHandle; mesh: Mesh }> {
@@ -518,8 +412,10 @@ async function postBatch(o: Options, mesh: MeshHandle, say: Say, notes: string[]
   return { items_per_s: Math.round(median(rates)), batch: o.batch, replicated_ms: round1(median(replicated)) };
 }
 
-async function partitionHeal(o: Options, say: Say, notes: string[]): Promise<Figures['partition_heal']> {
+async function partitionHeal(o: Options, say: Say, notes: string[], cleanups: (() => Promise<void>)[]): Promise<Figures['partition_heal']> {
   const { handle, mesh } = await startProxiedMesh(3);
+  // an interrupted run (SIGINT) must not leave this mesh's processes behind
+  cleanups.push(() => handle.close());
   try {
     const [c0, c1, c2] = handle.counters as [CounterEndpoint, CounterEndpoint, CounterEndpoint];
     const base = await waitSettled(handle.counters, 30_000);
@@ -578,7 +474,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
   };
   const holdsAll = async (ep: CounterEndpoint) => {
     const s = await ep.status();
-    return s.items === n && (await ep.count(TENANT_NAMES[0]!)) === roundRobinCount(n, 0);
+    return servesPlaced(s) && s.items === n && (await ep.count(TENANT_NAMES[0]!)) === roundRobinCount(n, 0);
   };
   const spawnUntil = async (proc: NodeProc, ep: CounterEndpoint, what: string): Promise<number> => {
     proc.start();
@@ -590,7 +486,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     // memory: the same process empty, then holding n items; full GC through the inspector before each reading
     const a = await counter('m0', 0, [], [`--inspect=127.0.0.30:0`]);
     a.proc.start();
-    await waitFor(() => a.ep.ready(), 30_000, `m0 ready\n${a.proc.tail()}`, 10);
+    await waitFor(() => a.ep.serving(), 30_000, `m0 to serve every shard\n${a.proc.tail()}`, 10);
     const emptyStartMs = performance.now() - a.proc.startedAt;
     const insp = await Inspector.attach(a.proc);
     let heap: number;
@@ -657,11 +553,13 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
   }
 }
 
+/** Bytes of the files under `dir`, shard folders included. */
 function dirBytes(dir: string): number {
   let total = 0;
-  for (const name of fs.readdirSync(dir)) {
-    const st = fs.statSync(path.join(dir, name));
-    if (st.isFile()) total += st.size;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += dirBytes(p);
+    else if (e.isFile()) total += fs.statSync(p).size;
   }
   return total;
 }
@@ -687,6 +585,10 @@ interface Target {
   value: number;
   /** Items the target is defined at (memory/restart/catch_up); the mark gets a * when measured elsewhere. */
   atItems?: number;
+  /** The figure whose value is the size measured at, when not the group's `items`. */
+  sizeKey?: string;
+  /** The target holds from atItems up: only a smaller size gets the *. */
+  atLeast?: boolean;
 }
 
 const TARGETS: Target[] = [
@@ -705,6 +607,11 @@ const TARGETS: Target[] = [
   { key: 'restart.ms', op: '<=', value: 3000, atItems: 1_000_000 },
   { key: 'catch_up.ms', op: '<=', value: 5000, atItems: 1_000_000 },
   { key: 'partition_heal.ms', op: '<=', value: 2000, atItems: 10_000 },
+  { key: 'scale.items_per_counter_ratio', op: '<=', value: 0.55, atItems: 2_000_000 },
+  { key: 'scale.rss_bytes_per_item', op: '<=', value: 300, atItems: 2_000_000 },
+  { key: 'join.ms', op: '<=', value: 15_000, atItems: 20_000_000 },
+  { key: 'restart.ms_20m', op: '<=', value: 10_000, atItems: 20_000_000, sizeKey: 'join.items' },
+  { key: 'compaction.post_p99_ms', op: '<=', value: 25, atItems: 10_000_000, atLeast: true },
 ];
 
 function _lookup(f: Partial<Figures>, key: string): number | null | undefined {
@@ -728,8 +635,8 @@ function formatTable(f: Partial<Figures>): { text: string; misses: string[] } {
       let mark = '';
       if (t && typeof v === 'number') {
         const ok = t.op === '>=' ? v >= t.value : v <= t.value;
-        const size = group === 'partition_heal' ? f.partition_heal?.items_per_side : (fields as { items?: number }).items;
-        const off = t.atItems !== undefined && size !== undefined && size !== t.atItems;
+        const size = t.sizeKey ? (_lookup(f, t.sizeKey) ?? undefined) : group === 'partition_heal' ? f.partition_heal?.items_per_side : (fields as { items?: number }).items;
+        const off = t.atItems !== undefined && size !== undefined && (t.atLeast ? size < t.atItems : size !== t.atItems);
         starred ||= off;
         mark = `${ok ? 'pass' : 'MISS'}${off ? '*' : ''}`;
         if (!ok) misses.push(key);
@@ -826,12 +733,20 @@ export async function runBench(argv: string[]): Promise<number> {
       }
       await ceiling.kill('SIGKILL');
     }
-    if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes);
+    if (opts.only.has('partition_heal')) figures.partition_heal = await partitionHeal(opts, say, notes, cleanups);
     if (opts.only.has('memory')) {
       const s = await stateFigures(opts, path.join(root, 'state'), secret, say, notes);
       figures.memory = s.memory;
       figures.restart = s.restart;
       figures.catch_up = s.catch_up;
+    }
+    if (opts.only.has('scale')) {
+      const post = async (url: string, seconds: number) => drive(url, opts.connections, seconds, postSingleRequest());
+      const s = await shardedFigures({ scaleItems: opts.scaleItems, joinItems: opts.joinItems, roundS: Math.max(opts.roundS, 2), compactBytes: opts.joinCompactBytes }, path.join(root, 'sharded'), secret, post, say, notes, cleanups);
+      figures.scale = s.scale;
+      figures.join = s.join;
+      figures.restart = { ...figures.restart, ms_20m: s.restart_ms_20m };
+      figures.compaction = s.compaction;
     }
     figures.machine = { cpus: os.cpus().length, node: process.version, date: new Date().toISOString() };
 

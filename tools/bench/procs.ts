@@ -10,6 +10,7 @@ import WebSocket from 'ws';
 import { waitFor } from '../../src/shared/wait.ts';
 import { httpsRequest, type SimpleResponse } from '../../test/support/mesh.ts';
 import type { CertSet } from '../../test/support/certs.ts';
+import { placeShards } from '../../src/shared/placement.ts';
 
 export const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
@@ -105,6 +106,38 @@ export interface CounterStatus {
   ready: boolean;
   items: number;
   members: { id: string; address: string }[];
+  shards: number;
+  factor: number;
+  /** Members shards are placed over (not removed). */
+  placed: string[];
+  /** Shards held here, serving or catching up. */
+  held: number[];
+  serving: number[];
+}
+
+/**
+ * The shards placed on this counter by the member list it knows. Empty until that list is known
+ * (a counter that has not heard from a peer yet places nothing).
+ */
+export function placedOn(s: CounterStatus): number[] {
+  if (s.placed.length === 0) return [];
+  return placeShards(s.shards, s.placed, s.factor).flatMap((replicas, shard) => (replicas.includes(s.id) ? [shard] : []));
+}
+
+/**
+ * Ready and serving exactly the shards placed on it: /ready alone says the counter loaded its data
+ * and knows the member list, not that it created and caught up every shard it holds (those answer
+ * 503 meanwhile).
+ */
+export function servesPlaced(s: CounterStatus): boolean {
+  const placed = placedOn(s);
+  return s.ready && placed.length > 0 && sameList(s.held, placed) && sameList(s.serving, placed);
+}
+
+function sameList(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((x) => set.has(x));
 }
 
 /** A counter reached on its real address (not through a proxy). */
@@ -129,6 +162,15 @@ export class CounterEndpoint {
     const res = await this.get('/status');
     if (!res.ok) throw new Error(`${this.address} /status: ${res.status}`);
     return (await res.json()) as CounterStatus;
+  }
+
+  /** Ready and serving every shard placed on it (see servesPlaced); false when it does not answer. */
+  async serving(): Promise<boolean> {
+    try {
+      return servesPlaced(await this.status());
+    } catch {
+      return false;
+    }
   }
 
   async ready(): Promise<boolean> {
