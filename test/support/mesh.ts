@@ -21,6 +21,15 @@ import type { CertSet } from './certs.ts';
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 const TSX_LOADER = tsxLoaderUrl();
 
+/**
+ * How a mesh process runs the CLI: through tsx, or, when the test runner (tools/test/run.ts) has
+ * transpiled src/ into COUNTER_MESH_TEST_BUILD, as plain JavaScript, which starts in about half the CPU.
+ */
+function cliEntry(): string[] {
+  const built = process.env.COUNTER_MESH_TEST_BUILD;
+  return built ? [path.join(built, 'src', 'cli', 'main.js')] : ['--import', TSX_LOADER, MAIN];
+}
+
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -46,7 +55,7 @@ export class MeshProcess {
   constructor(readonly name: string, readonly command: 'counter' | 'coordinator', public env: Record<string, string>) {}
 
   start(): void {
-    const proc = spawn(process.execPath, ['--import', TSX_LOADER, MAIN, this.command], {
+    const proc = spawn(process.execPath, [...cliEntry(), this.command], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -171,7 +180,7 @@ export class Mesh {
       for (let i = 0; i < opts.counters; i++) await mesh.addCounterNode();
       for (const c of mesh.counters) mesh.configureCounter(c, mesh.counters.filter((o) => o !== c));
       for (const c of mesh.counters) c.process.start();
-      for (let i = 0; i < (opts.coordinators ?? 1); i++) await mesh.addCoordinator();
+      await Promise.all(Array.from({ length: opts.coordinators ?? 1 }, () => mesh.addCoordinator()));
       await mesh.waitReady();
       return mesh;
     } catch (err) {
@@ -221,18 +230,20 @@ export class Mesh {
   }
 
   async addCoordinator(counters = this.counters): Promise<{ host: string; port: number; process: MeshProcess }> {
-    const host = `127.0.0.${2 + this.coordinators.length}`;
-    const port = await freePort(host);
-    const proc = new MeshProcess(`coordinator${this.coordinators.length}`, 'coordinator', {
+    // the index (and so the address) is taken before the first await: Mesh.start adds several at once
+    const index = this.coordinators.length;
+    const host = `127.0.0.${2 + index}`;
+    const coord = { host, port: 0, process: new MeshProcess(`coordinator${index}`, 'coordinator', {}) };
+    this.coordinators.push(coord);
+    coord.port = await freePort(host);
+    coord.process.env = {
       ...this.baseEnv,
       HOST: host,
-      HTTP_PORT: String(port),
+      HTTP_PORT: String(coord.port),
       COUNTERS: counters.map((c) => c.proxy.address).join(','),
-    });
-    proc.start();
-    const coord = { host, port, process: proc };
-    this.coordinators.push(coord);
-    await waitFor(async () => (await this.call(`${this.scheme}://${host}:${port}/health`)).ok, 20_000, `${proc.name} health`);
+    };
+    coord.process.start();
+    await waitFor(async () => (await this.call(`${this.scheme}://${host}:${coord.port}/health`)).ok, 20_000, `${coord.process.name} health`);
     return coord;
   }
 

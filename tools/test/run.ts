@@ -1,0 +1,122 @@
+/**
+ * The test step of `npm test`: every test/*.test.ts in two uvu processes side by side.
+ *
+ * Most of the suite's time is real processes starting and tests waiting on heartbeats, restarts
+ * and convergence, which leaves a core idle half the time when one uvu runs every file in turn.
+ * The files are split in two groups of about the same length (longest first, each to the group
+ * with less so far); each group is one uvu run, so the output keeps one `Total:`/`Passed:` pair
+ * per run, which .ci/run adds up. The first group's output is shown as it comes, the second's
+ * once the first is done, so the two never interleave. Exits non-zero when either run fails.
+ *
+ * Before the runs, src/ is transpiled once (build.ts) and handed to the test meshes through
+ * COUNTER_MESH_TEST_BUILD, so their processes start without the tsx loader.
+ *
+ * `npm test -- PATTERN` runs only the files whose name matches the regular expression PATTERN.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { buildSources } from './build.ts';
+import { runIfScript } from '../script.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const TEST_DIR = path.join(ROOT, 'test');
+/** uvu's command line (its package exports no package.json to find the folder by; `uvu/run` is run/index.js in it). */
+const UVU_BIN = path.join(path.dirname(createRequire(import.meta.url).resolve('uvu/run')), '..', 'bin.js');
+
+/**
+ * Seconds each long file took alone on a 2-core machine (src transpiled), used only to balance
+ * the groups; a file not listed counts as SHORT_FILE_S. Refresh when a file's length changes a lot.
+ */
+const SECONDS: Record<string, number> = {
+  bench: 45,
+  chaos: 36,
+  shutdown: 30,
+  rotation: 28,
+  tls: 28,
+  'http-fuzz': 26,
+  durability: 20,
+  'status-page': 17,
+  'quorum-mesh': 16,
+  'ws-fuzz': 16,
+  metrics: 14,
+  partition: 12,
+  cli: 12,
+  mesh: 5,
+};
+const SHORT_FILE_S = 1.5;
+
+/** Splits the files in `groups` groups of about equal total seconds. */
+export function balance(files: string[], groups: number): string[][] {
+  const weight = (f: string) => SECONDS[f.replace(/\.test\.ts$/, '')] ?? SHORT_FILE_S;
+  const out = Array.from({ length: groups }, () => ({ files: [] as string[], seconds: 0 }));
+  for (const f of [...files].sort((a, b) => weight(b) - weight(a) || a.localeCompare(b))) {
+    const least = out.reduce((a, b) => (b.seconds < a.seconds ? b : a));
+    least.files.push(f);
+    least.seconds += weight(f);
+  }
+  return out.map((g) => g.files.sort()).filter((g) => g.length > 0);
+}
+
+/** uvu's pattern for exactly these file names. */
+function patternFor(files: string[]): string {
+  return `^(${files.map((f) => f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})$`;
+}
+
+/** One uvu run of `files`; its output goes to `sink` as it arrives. */
+function runGroup(files: string[], env: NodeJS.ProcessEnv, sink: (chunk: Buffer) => void): { child: ChildProcess; done: Promise<number> } {
+  const child = spawn(process.execPath, [UVU_BIN, '-r', 'tsx', 'test', patternFor(files)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.on('data', sink);
+  child.stderr!.on('data', sink);
+  const done = new Promise<number>((resolve) => {
+    child.once('error', (err) => {
+      sink(Buffer.from(`cannot start uvu: ${err.message}\n`));
+      resolve(1);
+    });
+    child.once('close', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+  });
+  return { child, done };
+}
+
+export async function runTests(argv: string[]): Promise<number> {
+  const only = argv[0] ? new RegExp(argv[0]) : null;
+  const files = fs.readdirSync(TEST_DIR).filter((f) => f.endsWith('.test.ts') && (!only || only.test(f)));
+  if (files.length === 0) {
+    process.stderr.write(`no test file matches ${argv[0]}\n`);
+    return 1;
+  }
+  const build = buildSources();
+  const env = { ...process.env, COUNTER_MESH_TEST_BUILD: build };
+  const groups = balance(files, 2);
+  const held: Buffer[] = [];
+  let live = 0;
+  const runs = groups.map((g, i) =>
+    runGroup(g, env, (chunk) => {
+      if (i === live) process.stdout.write(chunk);
+      else held.push(chunk);
+    }),
+  );
+  const stop = (signal: NodeJS.Signals) => {
+    for (const r of runs) r.child.kill(signal);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    const codes: number[] = [];
+    for (const [i, r] of runs.entries()) {
+      codes.push(await r.done);
+      // the next group's output so far, then the rest as it comes
+      live = i + 1;
+      for (const chunk of held.splice(0)) process.stdout.write(chunk);
+    }
+    return codes.some((c) => c !== 0) ? 1 : 0;
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    fs.rmSync(build, { recursive: true, force: true });
+  }
+}
+
+runIfScript(import.meta.url, runTests);
