@@ -326,10 +326,13 @@ export class Mesh {
   async waitConverged(expected: Map<string, number>, timeoutMs = 20_000): Promise<void> {
     for (const c of this.counters) {
       if (!c.process.running) continue;
-      const st = await this.counterStatus(c);
       for (const [tenant, n] of expected) {
-        if (st?.held && st.shards && !st.held.includes(shardOf(tenant, st.shards))) continue;
-        await waitFor(async () => (await this.counterCount(c, tenant)) === n, timeoutMs, `${c.id} to count ${n} for ${tenant} (has ${await this.counterCount(c, tenant).catch((e: Error) => e.message)})`);
+        // asked each time: a shard may move away while we wait (a counter joined)
+        const holdsIt = async () => {
+          const st = await this.counterStatus(c);
+          return !st?.held || !st.shards || st.held.includes(shardOf(tenant, st.shards));
+        };
+        await waitFor(async () => !(await holdsIt()) || (await this.counterCount(c, tenant)) === n, timeoutMs, `${c.id} to count ${n} for ${tenant} (has ${await this.counterCount(c, tenant).catch((e: Error) => e.message)})`);
       }
     }
   }

@@ -495,8 +495,9 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
     let loadMs: number;
     try {
       await sleep(200);
-      // both ways of reading memory: as found (what `ps` shows an operator) and after a full GC
-      const raw0 = rssBytes(a.proc.pid);
+      // both ways of reading memory: as found after the load (what `ps` shows an operator) and after
+      // a full GC, each from the empty process after a full GC (the start-up garbage is no item's;
+      // read before a GC, the empty baseline sometimes exceeded the loaded process's raw RSS)
       await insp.gc();
       const rss0 = rssBytes(a.proc.pid);
       const mu0 = await insp.memoryUsage();
@@ -510,7 +511,7 @@ async function stateFigures(o: Options, root: string, secret: string, say: Say, 
       loadMs = performance.now() - t0;
       await waitFor(() => holdsAll(a.ep), 30_000, 'm0 to hold every item');
       await sleep(200);
-      rawPerItem = (rssBytes(a.proc.pid) - raw0) / n;
+      rawPerItem = (rssBytes(a.proc.pid) - rss0) / n;
       await insp.gc();
       const rss1 = rssBytes(a.proc.pid);
       const mu1 = await insp.memoryUsage();
