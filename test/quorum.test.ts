@@ -321,6 +321,19 @@ test('readQuorum: replicas that disagree and cannot sync give NOT_ENOUGH_REPLICA
   assert.match(err.message, 'could not be reconciled');
 });
 
+test('readQuorum: two replicas asked that cannot sync, and a third that agrees with one, answer with the agreeing pair', async () => {
+  const rs = replicas(3);
+  const [c0, c1, c2] = rs as [FakeReplica, FakeReplica, FakeReplica];
+  // c0 and c1 hold x and y (a quorum write), c2 only y; c2 is cut from both
+  for (const r of [c0, c1]) r.store(items('t', 'x'));
+  for (const r of rs) r.store(items('t', 'y'));
+  c0.links.delete(c2.id);
+  c1.links.delete(c2.id);
+  c2.links.clear();
+  // asked first: c2 and c0, which disagree and cannot sync; then c1, which agrees with c0
+  assert.is(await readQuorum([c2, c0, c1], 't', 2), 2);
+});
+
 test(`seeded: w=quorum + r=quorum reads never fall below what was acknowledged, whatever fails (SEED=${SEED} replays)`, async () => {
   const rng = mulberry32(SEED);
   const rs = replicas(5);

@@ -218,6 +218,10 @@ export async function readQuorum(replicas: readonly Replica[], tenant: string, r
     repaired = await ahead.replica.tally(tenant, behind.map((a) => a.replica.id));
   } catch (err) {
     if (!(err instanceof CounterUnavailableError)) throw err;
+    // the replicas asked cannot reach each other (a partition between counters): r others that
+    // hold the same set are as good a quorum
+    const agreeing = await agreeingQuorum(replicas, answers, tenant, r);
+    if (agreeing !== null) return agreeing;
     throw new NotEnoughReplicasError(
       answers.length - behind.length,
       r,
@@ -227,4 +231,28 @@ export async function readQuorum(replicas: readonly Replica[], tenant: string, r
   // read repair: the others catch up from the one that now holds everything they were asked for
   for (const a of behind) a.replica.tally(tenant, [ahead.replica.id]).catch(() => {});
   return Math.max(repaired.count, ahead.value.count);
+}
+
+/**
+ * Asks the usable replicas not asked yet, one at a time, until `r` answers hold the same set
+ * (same count and digest): every item acknowledged on w replicas (w + r > replicas) is on one of
+ * them, so it is in that set. Null when no `r` answers agree.
+ */
+async function agreeingQuorum(replicas: readonly Replica[], answers: { replica: Replica; value: Tally }[], tenant: string, r: number): Promise<number | null> {
+  const all = [...answers];
+  const asked = new Set(answers.map((a) => a.replica));
+  for (const replica of replicas) {
+    if (asked.has(replica) || !replica.usable) continue;
+    asked.add(replica);
+    try {
+      all.push({ replica, value: await replica.tally(tenant) });
+    } catch (err) {
+      if (!(err instanceof CounterUnavailableError)) throw err;
+      continue;
+    }
+    for (const a of all) {
+      if (all.filter((b) => agree(a.value, b.value)).length >= r) return a.value.count;
+    }
+  }
+  return null;
 }
