@@ -3,8 +3,7 @@
  * HELLO_TIMEOUT_MS. The Hello says who connected, and the socket is handed, once, to the session
  * that serves it from then on: a peer (gossip) or a coordinator (sessions).
  */
-import type { Logger } from 'pino';
-import type { Clock, TimerHandle } from '../shared/clock.ts';
+import type { TimerHandle } from '../shared/clock.ts';
 import { MeshSocket, type MeshSocketOptions, type Receiver } from '../protocol/mesh-socket.ts';
 import { CloseCode, MessageType, ProtocolError, type Message } from '../protocol/messages.ts';
 import type { Wire } from '../protocol/wire.ts';
