@@ -57,11 +57,12 @@ test('SIGKILL of every counter during concurrent writes loses no acknowledged it
     assert.ok(total > 300);
     for (const c of mesh.counters) c.process.start();
     await mesh.waitReady();
+    // a counter whose peers were slow to answer after the restart serves after its catch-up grace
+    // and gets the others' items a moment later: what is checked is that none is lost for good
     for (const c of mesh.counters) {
       for (const [tenant, ids] of acked) {
-        const counted = await mesh.counterCount(c, tenant);
         // a write that was cut off may still be counted (not acked, but applied); never fewer
-        assert.ok(counted >= ids.size, `${c.id} counts ${counted} < ${ids.size} acknowledged for ${tenant}`);
+        await waitFor(async () => (await mesh.counterCount(c, tenant)) >= ids.size, 15_000, `${c.id} to count at least the ${ids.size} acknowledged for ${tenant} (counts ${await mesh.counterCount(c, tenant).catch((e: Error) => e.message)})`);
       }
     }
   }),
