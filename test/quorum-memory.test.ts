@@ -8,6 +8,8 @@
  *   the moment of each acknowledgment a peer's fsynced log holds the items, and after that counter
  *   dies with its log lost and the others lose their power, the others still count every one.
  * - Peers that cannot acknowledge: 503-worthy NotEnoughReplicasError saying how many did.
+ * - Quorum reads' tallies leave a coordinator in batches, one batch in flight per counter link:
+ *   reads started while one is unanswered wait and leave together, and each gets its own count.
  * `SEED=n` replays a run.
  */
 import { test } from 'uvu';
@@ -226,6 +228,55 @@ test('w=2 with peers that cannot acknowledge: NotEnoughReplicasError saying how 
       mesh.net.heal();
       await mesh.until(() => mesh.converged(), 10_000, 'converged after the heal');
       mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('tallies: one batch in flight per link; reads started meanwhile leave together and each gets its own count', () =>
+  withSeed('quorum-batches', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 5, maxDelayMs: 10 } });
+    try {
+      await mesh.until(() => mesh.pools[0]!.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
+      const pool = mesh.pools[0]!;
+      const tenants = Array.from({ length: 10 }, (_, i) => `t${i}`);
+      // tenant t<i> holds i + 1 items, stored on w=3 so every replica counts them
+      await mesh.settle(tenants.map((t, i) => writeQuorum(pool.replicas(t), Array.from({ length: i + 1 }, (_, k) => ({ tenant: t, id: `x${k}` })), 3)));
+      // per link (coordinator > counter): when each unanswered tally was sent
+      const outstanding = new Map<string, number[]>();
+      const violations: string[] = [];
+      const batchSizes = new Map<string, number>();
+      const carry = mesh.net.carry.bind(mesh.net);
+      mesh.net.carry = (from, frame) => {
+        const now = mesh.clock.now();
+        if (frame[0] === MessageType.Tally) {
+          const link = `${from.self}>${from.other}`;
+          const sentAt = outstanding.get(link) ?? [];
+          if (sentAt.some((t) => t < now)) violations.push(`${link}: a tally sent at ${now} while one sent at ${sentAt[0]} was unanswered`);
+          sentAt.push(now);
+          outstanding.set(link, sentAt);
+          batchSizes.set(`${link}@${now}`, (batchSizes.get(`${link}@${now}`) ?? 0) + 1);
+        } else if (frame[0] === MessageType.Tallied) {
+          outstanding.get(`${from.other}>${from.self}`)?.shift();
+        }
+        carry(from, frame);
+      };
+      // one read now, nine more one simulated millisecond apart while its tallies are on the wire
+      const reads: Promise<number>[] = [readQuorum(pool.replicas(tenants[0]!), tenants[0]!, 2)];
+      const started = new Promise<void>((resolve) => {
+        for (let i = 1; i < tenants.length; i++) {
+          mesh.clock.push(() => {
+            reads.push(readQuorum(pool.replicas(tenants[i]!), tenants[i]!, 2));
+            if (reads.length === tenants.length) resolve();
+          }, i);
+        }
+      });
+      await mesh.settle([started]);
+      const counts = await mesh.settle(reads);
+      assert.equal(counts, tenants.map((_, i) => i + 1), 'each read has its own tenant\'s count');
+      assert.equal(violations, []);
+      assert.ok(Math.max(...batchSizes.values()) >= 2, `reads started while a batch was out left together (batches: ${[...batchSizes.values()].join(',')})`);
+      mesh.net.carry = carry;
     } finally {
       await mesh.close();
     }
