@@ -13,8 +13,10 @@ import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
 import { DataDirLock, LogStore } from './storage/index.ts';
 import { ShardDirs } from './storage/shard-dirs.ts';
+import { join } from 'node:path';
 import { Gossip, meshFrameBytes, type ShardDocs, type ShardUpdate } from './gossip.ts';
 import { Shard, type Recovered, type UpdateLog } from './shard.ts';
+import { decodeJournal, Journal, JOURNAL_TRIM_BYTES } from './journal.ts';
 import { shardOf } from '../shared/placement.ts';
 import { PeerAcks } from './peer-acks.ts';
 import { Membership, type MembersStore } from './membership.ts';
@@ -53,6 +55,11 @@ export interface ShardStorage {
    * first), and `done` to delete it once its items are in the shards.
    */
   legacy?(): Promise<{ updates: Uint8Array[]; done(): Promise<void> } | null>;
+  /**
+   * The journal's store, where durable writes of every shard share one fsync (see journal.ts).
+   * Without one (the in-memory tier), each shard's log is fsynced on its own.
+   */
+  journal?(): Promise<{ log: UpdateLog; recovered: Recovered }>;
 }
 
 /** The world a counter runs in; tests substitute the in-memory network, log and a virtual clock. */
@@ -102,6 +109,8 @@ export class Counter implements CounterApi {
   private readonly membership: Membership;
   private readonly keeper: ShardKeeper;
   private readonly storage: ShardStorage;
+  /** Null until recovered, and for storage without a journal. */
+  private journal: Journal | null = null;
   private readonly clientID: number | undefined;
   private readonly lock: { close(): Promise<void> } | undefined;
   private readonly clock: Clock;
@@ -419,6 +428,8 @@ export class Counter implements CounterApi {
     }
     try {
       await Promise.all([...this.shardDocs.held()].map((s) => s.close()));
+      // after the shards: closing them synced their logs, so nothing depends on the journal now
+      await this.journal?.close();
       await this.membership.saved().catch(() => {});
     } finally {
       this.membership.close();
@@ -517,7 +528,15 @@ export class Counter implements CounterApi {
    * when the log has it.
    */
   private commit(shard: Shard, update: Uint8Array, origin: Origin, durable = origin.kind !== 'peer', gossipNow = true): Promise<void> {
-    const appended = shard.append(update, durable);
+    let appended: Promise<void>;
+    if (durable && this.journal) {
+      // to the shard's log without a sync (first: a journal trim syncs the shard logs before it
+      // drops records), and durable through the journal, whose fsync the batch's shards share
+      void shard.append(update, false);
+      appended = this.journal.append(shard.id, update);
+    } else {
+      appended = shard.append(update, durable);
+    }
     if (gossipNow) this.gossip.enqueue(shard.id, update, origin);
     return appended;
   }
@@ -539,6 +558,7 @@ export class Counter implements CounterApi {
     }
     await this.replay(opened);
     const damaged = opened.flatMap((o) => o.recovered.damaged);
+    damaged.push(...(await this.openJournal()));
     if (damaged.length > 0) {
       this.needsPeerSync = true;
       this.log.error({ damaged }, 'damaged data moved aside; not ready until synced from a peer');
@@ -569,6 +589,43 @@ export class Counter implements CounterApi {
     } finally {
       old.close();
     }
+  }
+
+  /**
+   * Opens the journal and applies its records to the shards still held (Yjs skips what a shard
+   * holds already): updates a crash left only there are appended to their shard logs again.
+   * Returns the journal files found damaged.
+   */
+  private async openJournal(): Promise<string[]> {
+    if (!this.storage.journal) return [];
+    const { log, recovered } = await this.storage.journal();
+    let reapplied = 0;
+    for (const { shard: id, update } of decodeJournal(recovered)) {
+      const shard = this.shards[id];
+      if (!shard) continue; // handed off before the crash: its replicas have it
+      for (const u of shard.gset.apply(update, STORAGE)) {
+        void shard.append(u, false);
+        reapplied++;
+      }
+    }
+    if (reapplied > 0) this.log.info({ updates: reapplied }, 'journal: updates missing from the shard logs were applied again');
+    this.journal = new Journal(log, () => this.syncShardLogs(), this.log.child({ component: 'journal' }));
+    return recovered.damaged;
+  }
+
+  /** Resolves once every shard log has everything appended to it so far on disk (a journal trim waits for it). */
+  private async syncShardLogs(): Promise<void> {
+    await Promise.all(
+      [...this.shardDocs.held()].map(async (shard) => {
+        try {
+          await shard.repayDebt();
+          await shard.synced();
+        } catch (err) {
+          // a shard handed off meanwhile needs nothing of the journal any more
+          if (this.shards[shard.id] === shard) throw err;
+        }
+      }),
+    );
   }
 
   /** Applies the recovered updates in steps, logging progress; not ready meanwhile. */
@@ -720,6 +777,10 @@ function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logge
     setCatchingUp: (shard, on) => dirs.setCatchingUp(shard, on),
     remove: (shard) => dirs.remove(shard),
     members: { load: () => dirs.loadMembers(), save: (state) => dirs.saveMembers(state) },
+    journal: async () => {
+      const { store, recovered } = await LogStore.open({ dir: join(dirs.root, JOURNAL_DIR), compactBytes: JOURNAL_TRIM_BYTES, log: log.child({ component: 'journal' }), observer: metrics?.storage });
+      return { log: store, recovered };
+    },
     legacy: async () => {
       if (!dirs.legacy) return null;
       const { store, recovered } = await LogStore.open({ dir: dirs.root, compactBytes: config.compactBytes, log, observer: undefined });
@@ -729,6 +790,9 @@ function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logge
     },
   };
 }
+
+/** The journal's directory in DATA_DIR (see journal.ts). */
+const JOURNAL_DIR = 'journal';
 
 /** A shard's logs are compacted once past COMPACT_BYTES / SHARDS, but never below this. */
 const MIN_SHARD_COMPACT_BYTES = 64 * 1024;
