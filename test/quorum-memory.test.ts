@@ -20,14 +20,17 @@ import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
 import { MessageType, readMessage, type Item } from '../src/protocol/messages.ts';
 import { GSet, STORAGE } from '../src/counter/gset.ts';
+import { decodeJournal } from '../src/counter/journal.ts';
 
 const silent = pino({ level: 'silent' });
 
-/** How many items of `tenant` counter `c` would hold after a power loss now (its fsynced log only). */
+/** How many items of `tenant` counter `c` would hold after a power loss now (what its shard log and journal fsynced). */
 function countOnDisk(c: SimCounter, tenant: string): number {
   const gset = new GSet(silent);
-  const { snapshot, updates } = c.disk.log(c.counter!.shardOf(tenant)).onDisk();
-  gset.applyUpdates(snapshot ? [snapshot, ...updates] : updates, STORAGE);
+  const shard = c.counter!.shardOf(tenant);
+  const { snapshot, updates } = c.disk.log(shard).onDisk();
+  const journaled = decodeJournal(c.disk.journalStore().onDisk()).filter((r) => r.shard === shard).map((r) => r.update);
+  gset.applyUpdates([...(snapshot ? [snapshot, ...updates] : updates), ...journaled], STORAGE);
   const n = gset.count(tenant);
   gset.close();
   return n;

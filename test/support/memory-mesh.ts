@@ -91,9 +91,10 @@ export class MemoryLog implements UpdateLog {
   }
 }
 
-/** A counter's disk: one MemoryLog per shard, kept across the counter's crashes. */
+/** A counter's disk: one MemoryLog per shard and one for the journal, kept across the counter's crashes. */
 export class MemoryDisk implements ShardStorage {
   private readonly logs = new Map<number, MemoryLog>();
+  private journalLog: MemoryLog | null = null;
   private readonly catchingUp = new Set<number>();
   private slowFsyncMs = 3;
   private membersState: Uint8Array | null = null;
@@ -118,6 +119,20 @@ export class MemoryDisk implements ShardStorage {
       this.logs.set(shard, log);
     }
     return log;
+  }
+
+  /** The journal's log (see src/counter/journal.ts), made empty on first use. */
+  journalStore(): MemoryLog {
+    if (!this.journalLog) {
+      this.journalLog = new MemoryLog(this.clock, this.rng);
+      this.journalLog.fsyncMs = this.slowFsyncMs;
+    }
+    return this.journalLog;
+  }
+
+  async journal(): Promise<{ log: UpdateLog; recovered: Recovered }> {
+    const log = this.journalStore();
+    return { log, recovered: log.recovered() };
   }
 
   async held(): Promise<number[]> {
@@ -147,11 +162,13 @@ export class MemoryDisk implements ShardStorage {
   set fsyncMs(ms: number) {
     this.slowFsyncMs = ms;
     for (const log of this.logs.values()) log.fsyncMs = ms;
+    if (this.journalLog) this.journalLog.fsyncMs = ms;
   }
 
-  /** The power goes: every shard's log keeps only what an fsync covered. */
+  /** The power goes: every shard's log, and the journal, keep only what an fsync covered. */
   powerLoss(): void {
     for (const log of this.logs.values()) log.powerLoss();
+    this.journalLog?.powerLoss();
   }
 }
 
