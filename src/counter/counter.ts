@@ -111,6 +111,11 @@ export class Counter implements CounterApi {
   private readonly storage: ShardStorage;
   /** Null until recovered, and for storage without a journal. */
   private journal: Journal | null = null;
+  /**
+   * Shards whose logs took peers' updates without a sync and outside the journal (gossip), with
+   * a count of those appends: a replicated write may build on them (see storeReplicated).
+   */
+  private readonly unjournaled = new Map<Shard, number>();
   private readonly clientID: number | undefined;
   private readonly lock: { close(): Promise<void> } | undefined;
   private readonly clock: Clock;
@@ -515,6 +520,14 @@ export class Counter implements CounterApi {
   private async storeReplicated(shard: Shard, produced: Uint8Array[], origin: Origin): Promise<void> {
     let last: Promise<void> | null = null;
     for (const update of produced) last = this.commit(shard, update, origin, true);
+    // the writer's earlier updates may have come by gossip, written to the shard log without a
+    // sync: the journaled update is no use after a power cut without them, so they are synced too
+    const gossiped = this.unjournaled.get(shard);
+    if (last !== null && this.journal !== null && gossiped !== undefined) {
+      last = Promise.all([last, shard.synced()]).then(() => {
+        if (this.unjournaled.get(shard) === gossiped) this.unjournaled.delete(shard);
+      });
+    }
     await (last ?? shard.synced());
     await shard.repayDebt();
   }
@@ -536,6 +549,7 @@ export class Counter implements CounterApi {
       appended = this.journal.append(shard.id, update);
     } else {
       appended = shard.append(update, durable);
+      if (!durable && this.journal) this.unjournaled.set(shard, (this.unjournaled.get(shard) ?? 0) + 1);
     }
     if (gossipNow) this.gossip.enqueue(shard.id, update, origin);
     return appended;
@@ -696,6 +710,7 @@ export class Counter implements CounterApi {
     const shard = this.shards[id];
     if (!shard) return;
     this.shards[id] = undefined;
+    this.unjournaled.delete(shard);
     await shard.close();
     await this.storage.remove(id);
   }
