@@ -13,6 +13,7 @@
  * `log-store.ts` (group-commit writer, rotation, compaction and its policy), `lock.ts` (the
  * DATA_DIR lock), `files.ts` (durable file helpers).
  */
+export { CompactionQueue } from './compaction-queue.ts';
 export { DataDirLock, DataDirLockedError } from './lock.ts';
 export { LogStore } from './log-store.ts';
 export type { Recovered } from './recovery.ts';
