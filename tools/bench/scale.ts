@@ -168,6 +168,21 @@ async function remaining(mesh: DirectMesh, compactBytes: number, shards: number)
   return out;
 }
 
+/** A counter's "compacted log into snapshot" line: when it ended and how long its steps took (ms). */
+interface CompactionLine {
+  time: number;
+  ms: number;
+  rotateMs?: number;
+  encodeMs?: number;
+  writeMs?: number;
+}
+
+/** "median / max" of step timings (absent from lines logged before they were). */
+function stat(xs: (number | undefined)[]): string {
+  const v = xs.filter((x): x is number => x !== undefined);
+  return v.length === 0 ? '?' : `${median(v)} / ${Math.max(...v)}`;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? 0 : s[s.length >> 1]!;
@@ -181,7 +196,7 @@ function median(xs: number[]): number {
 async function compactionRound(mesh: DirectMesh, o: ScaleOptions, secret: string, post: PostRound, say: Say, notes: string[]): Promise<{ p99: number; compactions: number }> {
   const st = await mesh.nodes[0]!.ep.status();
   const shards = st.shards;
-  const compacted = () => mesh.nodes.flatMap((x) => x.proc.watched.map((line) => Number((JSON.parse(line) as { time?: number }).time)));
+  const compacted = () => mesh.nodes.flatMap((x) => x.proc.watched.map((line) => JSON.parse(line) as CompactionLine));
   const before = await remaining(mesh, o.compactBytes, shards);
   await post(mesh.url, o.roundS);
   await sleep(500);
@@ -215,9 +230,13 @@ async function compactionRound(mesh: DirectMesh, o: ScaleOptions, secret: string
   const r = await post(mesh.url, o.roundS);
   const to = Date.now();
   await sleep(200);
-  const n = compacted().filter((t) => t >= from && t <= to).length;
-  say(`  compaction: POST p99 ${r.p99} ms (p50 ${r.p50} ms, ${fmt(r.rps)} req/s) over a ${o.roundS} s round with ${n} shard compactions`);
-  notes.push(`compaction.post_p99_ms: post_single (50 connections, through the coordinator) for ${o.roundS} s on the join mesh after the join, every shard's log topped up beforehand to just short of its compaction threshold (max(COMPACT_BYTES / SHARDS, snapshot)); ${n} shard compactions logged during the round`);
+  const during = compacted().filter((c) => c.time >= from && c.time <= to);
+  const n = during.length;
+  const steps = `compactions took ${stat(during.map((c) => c.ms))} ms (new log ${stat(during.map((c) => c.rotateMs))}, encoding ${stat(during.map((c) => c.encodeMs))}, snapshot written ${stat(during.map((c) => c.writeMs))}; median / max)`;
+  say(`  compaction: POST p99 ${r.p99} ms (p50 ${r.p50} ms, ${fmt(r.rps)} req/s) over a ${o.roundS} s round with ${n} shard compactions; ${steps}`);
+  notes.push(
+    `compaction.post_p99_ms: post_single (50 connections, through the coordinator) for ${o.roundS} s on the join mesh after the join, every shard's log topped up beforehand to just short of its compaction threshold (max(COMPACT_BYTES / SHARDS, snapshot)); ${n} shard compactions logged during the round (a counter runs one at a time); ${steps}`,
+  );
   return { p99: r.p99, compactions: n };
 }
 
