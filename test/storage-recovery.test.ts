@@ -115,6 +115,33 @@ test('torn tail: a truncated last record is cut off', async () => {
   await third.store.close();
 });
 
+test('a torn tail before an empty newer log (a crash while rotation had made the next log) is cut, not damage', async () => {
+  const dir = dirs.make();
+  const { updates } = await closedStoreWith(dir, 30);
+  const path = onlyLog(dir);
+  const full = statSync(path).size;
+  truncateSync(path, full - 3);
+  // compaction makes the next log (header only) before appends switch to it
+  const seq = Number(/log-(\d+)/.exec(path)?.[1]);
+  const next = join(dir, `log-${String(seq + 1).padStart(10, '0')}.ylog`);
+  writeFileSync(next, MAGIC);
+
+  const second = await openStore(dir);
+  assert.ok(second.recovered.tornTail);
+  assert.equal(second.recovered.damaged, []);
+  assert.equal(second.recovered.updates, updates.slice(0, -1));
+  assert.not.ok(existsSync(next), 'the empty newer log is gone');
+  assert.is(statSync(path).size, full - 8 - (updates.at(-1)?.length ?? 0));
+  await second.store.append(updates.at(-1)!);
+  await second.store.close();
+
+  const third = await openStore(dir);
+  assert.is(third.recovered.tornTail, false);
+  assert.equal(third.recovered.damaged, []);
+  assert.equal(third.recovered.updates, updates);
+  await third.store.close();
+});
+
 test('garbage after the last record is cut as a torn tail', async () => {
   const dir = dirs.make();
   const { updates } = await closedStoreWith(dir, 20);

@@ -9,9 +9,33 @@ import { existsSync, readFileSync, statSync, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as Y from 'yjs';
-import { DataDirLock, type LogStore } from '../src/counter/storage/index.ts';
+import { CompactionQueue, DataDirLock, LogStore } from '../src/counter/storage/index.ts';
 import { waitFor } from '../src/shared/wait.ts';
 import { appendAll, logFiles, logSize, makeDoc, openStore, replay, silentLog, tempDirs, writeItems } from './support/storage.ts';
+
+/** A promise and the function that settles it: what a test holds a step of the store at. */
+function gate(): { open: () => void; opened: Promise<void> } {
+  let open!: () => void;
+  const opened = new Promise<void>((r) => {
+    open = r;
+  });
+  return { open, opened };
+}
+
+/** Whether `p` has settled, once the callbacks already due have run. */
+async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  void p.then(
+    () => {
+      done = true;
+    },
+    () => {
+      done = true;
+    },
+  );
+  await new Promise((r) => setImmediate(r));
+  return done;
+}
 
 const dirs = tempDirs('cm-storage-');
 test.after(() => dirs.removeAll());
@@ -244,6 +268,159 @@ test('sync(): after non-durable appends it syncs at once; with nothing unsynced 
   await store.sync();
   assert.is(syncs(), 1, 'the peer update is on disk before sync() resolves, not a second later');
   await store.close();
+});
+
+test('stores sharing a compaction queue: concurrent compactions of many run one at a time, all complete under appends, and a restart recovers every store intact', async () => {
+  const queue = new CompactionQueue(1);
+  const n = 12;
+  const stores = await Promise.all(
+    Array.from({ length: n }, async () => {
+      const dir = dirs.make();
+      const { doc, text, updates } = makeDoc();
+      const { store } = await LogStore.open({ dir, compactBytes: 2000, log: silentLog, compactions: queue });
+      return { dir, doc, text, updates, store };
+    }),
+  );
+  let running = 0;
+  let most = 0;
+  let snapshots = 0;
+  const compactions: Promise<void>[] = [];
+  const appends: Promise<void>[] = [];
+  for (let round = 0; round < 3; round++) {
+    for (const [i, s] of stores.entries()) {
+      const from = s.updates.length;
+      writeItems(s.text, round * 1000 + i * 100, round * 1000 + i * 100 + 60);
+      for (const u of s.updates.slice(from)) appends.push(s.store.append(u, u.length % 2 === 0));
+    }
+    for (const s of stores) {
+      compactions.push(
+        s.store.compactInParts(async () => {
+          running++;
+          most = Math.max(most, running);
+          snapshots++;
+          await new Promise((r) => setImmediate(r)); // a sliced encoding yields between parts
+          const state = Y.encodeStateAsUpdate(s.doc);
+          running--;
+          return [state.subarray(0, 10), state.subarray(10)];
+        }),
+      );
+    }
+  }
+  await Promise.all([...appends, ...compactions]);
+  assert.is(most, 1, 'never two compactions at once');
+  assert.ok(snapshots >= n, `every store compacted (${snapshots} snapshots)`);
+  assert.equal([queue.active, queue.queued], [0, 0]);
+  for (const s of stores) await s.store.close();
+  for (const s of stores) {
+    const again = await openStore(s.dir);
+    assert.ok(again.recovered.snapshot !== null, 'a snapshot was written');
+    assert.is(replay(again.recovered), s.text.toString());
+    assert.equal(again.recovered.damaged, []);
+    await again.store.close();
+  }
+});
+
+test('the next log is made outside the write loop: durable appends go on while it is created and synced', async () => {
+  const dir = dirs.make();
+  const { doc, text, updates } = makeDoc();
+  const { store } = await openStore(dir);
+  writeItems(text, 0, 10);
+  await appendAll(store, updates);
+  // white-box: hold the making of the next log (its create, fsync and directory fsync)
+  const held = gate();
+  const patchable = store as unknown as { createNextLog: () => Promise<unknown> };
+  const realCreate = patchable.createNextLog.bind(store);
+  patchable.createNextLog = async () => {
+    await held.opened;
+    return realCreate();
+  };
+  const compaction = store.compact(() => Y.encodeStateAsUpdate(doc));
+  writeItems(text, 10, 20);
+  await Promise.all(updates.slice(10).map((u) => store.append(u, true)));
+  assert.not.ok(await settled(compaction), 'the compaction still waits for its new log');
+  held.open();
+  await compaction;
+  writeItems(text, 20, 25);
+  await appendAll(store, updates.slice(20));
+  await store.close();
+  const again = await openStore(dir);
+  assert.is(replay(again.recovered), text.toString());
+  await again.store.close();
+});
+
+test('after a rotation, a durable append also waits for the old log to hold what non-durable appends left in it', async () => {
+  const dir = dirs.make();
+  const { doc, text, updates } = makeDoc();
+  const { store } = await openStore(dir);
+  writeItems(text, 0, 3);
+  for (const u of updates) await store.append(u, false);
+  // white-box: hold the old log's fdatasync
+  const held = gate();
+  const old = (store as unknown as { current: { fh: FileHandle } }).current.fh;
+  const realSync = old.datasync.bind(old);
+  let oldSyncs = 0;
+  old.datasync = async () => {
+    oldSyncs++;
+    await held.opened;
+    return realSync();
+  };
+  const compaction = store.compact(() => Y.encodeStateAsUpdate(doc));
+  const current = () => (store as unknown as { current: { fh: FileHandle } }).current.fh;
+  await waitFor(() => current() !== old, 5000, 'appends to switch to the next log');
+  // count the new log's fdatasyncs that finished: once one has, only the old log can hold the append back
+  const fresh = current();
+  const realFresh = fresh.datasync.bind(fresh);
+  let freshSynced = 0;
+  fresh.datasync = async () => {
+    await realFresh();
+    freshSynced++;
+  };
+  writeItems(text, 3, 4);
+  const durable = store.append(updates[3]!, true);
+  const synced = store.sync();
+  await waitFor(() => freshSynced >= 1, 5000, 'the new log to be synced');
+  assert.not.ok(await settled(durable), 'the durable append waits for the old log');
+  assert.not.ok(await settled(synced), 'so does sync()');
+  assert.ok(oldSyncs >= 1, 'the old log is being synced');
+  held.open();
+  await Promise.all([durable, synced, compaction]);
+  await store.close();
+  const again = await openStore(dir);
+  assert.is(replay(again.recovered), text.toString());
+  await again.store.close();
+});
+
+test('a store closed while its compaction waits for a turn gives the turn up and closes at once', async () => {
+  const queue = new CompactionQueue(1);
+  const open = async () => {
+    const dir = dirs.make();
+    const { doc, text, updates } = makeDoc();
+    writeItems(text, 0, 5);
+    const { store } = await LogStore.open({ dir, compactBytes: 2000, log: silentLog, compactions: queue });
+    await appendAll(store, updates);
+    return { dir, doc, store };
+  };
+  const a = await open();
+  const b = await open();
+  const held = gate();
+  const first = a.store.compactInParts(async () => {
+    await held.opened;
+    return [Y.encodeStateAsUpdate(a.doc)];
+  });
+  let bSnapshots = 0;
+  const waiting = b.store.compact(() => {
+    bSnapshots++;
+    return Y.encodeStateAsUpdate(b.doc);
+  });
+  await waitFor(() => queue.queued === 1, 2000, 'b to wait for its turn');
+  await b.store.close();
+  await waiting;
+  assert.is(bSnapshots, 0, 'the withdrawn compaction never ran');
+  assert.not.ok(existsSync(join(b.dir, 'snapshot.ydoc')));
+  held.open();
+  await first;
+  assert.ok(existsSync(join(a.dir, 'snapshot.ydoc')));
+  await a.store.close();
 });
 
 test('stores take no lock: one in DATA_DIR beside the lock and one per subdirectory recover independently', async () => {

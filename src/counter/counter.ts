@@ -11,7 +11,7 @@ import { CloseCode, type Item, type Status } from '../protocol/messages.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import { wsTransport } from '../protocol/ws-wire.ts';
 import { GSet, LOCAL, STORAGE, type Origin } from './gset.ts';
-import { DataDirLock, LogStore } from './storage/index.ts';
+import { CompactionQueue, DataDirLock, LogStore } from './storage/index.ts';
 import { ShardDirs } from './storage/shard-dirs.ts';
 import { join } from 'node:path';
 import { Gossip, meshFrameBytes, type ShardDocs, type ShardUpdate } from './gossip.ts';
@@ -779,6 +779,8 @@ export class Counter implements CounterApi {
 /** Shards in DATA_DIR/shards/<id>/, one log store each; COMPACT_BYTES is shared among them. */
 function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logger, metrics: CounterMetrics | null): ShardStorage {
   const compactBytes = Math.max(MIN_SHARD_COMPACT_BYTES, Math.floor(config.compactBytes / config.shards));
+  // shards reach their thresholds together (they take the same writes): one compaction at a time
+  const compactions = new CompactionQueue(1);
   return {
     held: async () => {
       await dirs.removeLeftovers();
@@ -786,7 +788,7 @@ function dirStorage(dirs: ShardDirs, config: Readonly<CounterConfig>, log: Logge
     },
     open: async (shard) => {
       const catchingUp = await dirs.catchingUp(shard);
-      const { store, recovered } = await LogStore.open({ dir: dirs.dir(shard), compactBytes, log: log.child({ shard }), observer: metrics?.storage });
+      const { store, recovered } = await LogStore.open({ dir: dirs.dir(shard), compactBytes, log: log.child({ shard }), observer: metrics?.storage, compactions });
       return { log: store, recovered, catchingUp };
     },
     setCatchingUp: (shard, on) => dirs.setCatchingUp(shard, on),

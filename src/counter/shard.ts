@@ -2,10 +2,12 @@
  * One shard as a counter holds it: the shard's document (a GSet) and its log store. Everything
  * that must be in order per document lives here: appends, the log's tail, compaction, and the
  * rewrite that repays a failed write. Shards are independent of each other, so a compaction
- * encodes one shard's state (1/SHARDS of the counter's items), not all of it.
+ * encodes one shard's state (1/SHARDS of the counter's items), not all of it, and it does so a
+ * slice at a time (state-slices.ts).
  */
 import type { Logger } from 'pino';
 import { GSet, type Origin } from './gset.ts';
+import { encodeStateInSlices } from './state-slices.ts';
 
 /** What a shard needs of its disk: its log store in production, an in-memory log in tests. */
 export interface UpdateLog {
@@ -17,6 +19,8 @@ export interface UpdateLog {
   needsCompaction(): boolean;
   /** Writes the state `snapshot` returns as the new snapshot and drops the logs it covers. */
   compact(snapshot: () => Uint8Array): Promise<void>;
+  /** The same with the state encoded over several turns of the event loop, in parts; a log without it gets compact(). */
+  compactInParts?(snapshot: () => Promise<readonly Uint8Array[]>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -75,13 +79,17 @@ export class Shard {
   /** After an acknowledged write: if an earlier append failed, rewrite the state to a snapshot first. */
   async repayDebt(): Promise<void> {
     if (!this.persistDebt) return;
-    await this.log.compact(() => this.gset.encodeState());
+    await this.rewrite();
     this.persistDebt = false;
     this.logger.info('disk takes writes again; shard rewritten to a fresh snapshot');
   }
 
-  /** Rewrites the state into a snapshot (after damaged or cut files were read, or on the store's policy). */
+  /**
+   * Rewrites the state into a snapshot (after damaged or cut files were read, or on the store's
+   * policy), encoded in slices so that the counter keeps answering meanwhile.
+   */
   rewrite(): Promise<void> {
+    if (this.log.compactInParts) return this.log.compactInParts(async () => (await encodeStateInSlices(this.gset.doc)).parts);
     return this.log.compact(() => this.gset.encodeState());
   }
 

@@ -168,6 +168,21 @@ async function remaining(mesh: DirectMesh, compactBytes: number, shards: number)
   return out;
 }
 
+/** A counter's "compacted log into snapshot" line: when it ended and how long its steps took (ms). */
+interface CompactionLine {
+  time: number;
+  ms: number;
+  rotateMs?: number;
+  encodeMs?: number;
+  writeMs?: number;
+}
+
+/** "median / max" of step timings (absent from lines logged before they were). */
+function stat(xs: (number | undefined)[]): string {
+  const v = xs.filter((x): x is number => x !== undefined);
+  return v.length === 0 ? '?' : `${median(v)} / ${Math.max(...v)}`;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? 0 : s[s.length >> 1]!;
@@ -181,9 +196,12 @@ function median(xs: number[]): number {
 async function compactionRound(mesh: DirectMesh, o: ScaleOptions, secret: string, post: PostRound, say: Say, notes: string[]): Promise<{ p99: number; compactions: number }> {
   const st = await mesh.nodes[0]!.ep.status();
   const shards = st.shards;
-  const compacted = () => mesh.nodes.flatMap((x) => x.proc.watched.map((line) => Number((JSON.parse(line) as { time?: number }).time)));
+  const compacted = () => mesh.nodes.flatMap((x) => x.proc.watched.map((line) => JSON.parse(line) as CompactionLine));
   const before = await remaining(mesh, o.compactBytes, shards);
-  await post(mesh.url, o.roundS);
+  // the same round with no shard near its threshold: what the machine gives now without compactions
+  const quietFrom = Date.now();
+  const quiet = await post(mesh.url, o.roundS);
+  const quietTo = Date.now();
   await sleep(500);
   const after = await remaining(mesh, o.compactBytes, shards);
   const roundBytes = Math.max(1, median([...after].map(([s, r]) => (before.get(s) ?? r) - r).filter((d) => d > 0)));
@@ -215,9 +233,15 @@ async function compactionRound(mesh: DirectMesh, o: ScaleOptions, secret: string
   const r = await post(mesh.url, o.roundS);
   const to = Date.now();
   await sleep(200);
-  const n = compacted().filter((t) => t >= from && t <= to).length;
-  say(`  compaction: POST p99 ${r.p99} ms (p50 ${r.p50} ms, ${fmt(r.rps)} req/s) over a ${o.roundS} s round with ${n} shard compactions`);
-  notes.push(`compaction.post_p99_ms: post_single (50 connections, through the coordinator) for ${o.roundS} s on the join mesh after the join, every shard's log topped up beforehand to just short of its compaction threshold (max(COMPACT_BYTES / SHARDS, snapshot)); ${n} shard compactions logged during the round`);
+  const during = compacted().filter((c) => c.time >= from && c.time <= to);
+  const n = during.length;
+  const steps = `compactions took ${stat(during.map((c) => c.ms))} ms (new log ${stat(during.map((c) => c.rotateMs))}, encoding ${stat(during.map((c) => c.encodeMs))}, snapshot written ${stat(during.map((c) => c.writeMs))}; median / max)`;
+  const quietN = compacted().filter((c) => c.time >= quietFrom && c.time <= quietTo).length;
+  const baseline = `the round before (logs far from their thresholds, ${quietN} compactions): p99 ${quiet.p99} ms (p50 ${quiet.p50} ms, ${fmt(quiet.rps)} req/s)`;
+  say(`  compaction: POST p99 ${r.p99} ms (p50 ${r.p50} ms, ${fmt(r.rps)} req/s) over a ${o.roundS} s round with ${n} shard compactions; ${baseline}; ${steps}`);
+  notes.push(
+    `compaction.post_p99_ms: post_single (50 connections, through the coordinator) for ${o.roundS} s on the join mesh after the join, every shard's log topped up beforehand to just short of its compaction threshold (max(COMPACT_BYTES / SHARDS, snapshot)); ${n} shard compactions logged during the round (a counter runs one at a time); ${baseline}; ${steps}`,
+  );
   return { p99: r.p99, compactions: n };
 }
 

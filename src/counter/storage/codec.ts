@@ -72,7 +72,19 @@ export function framePayload(buf: Buffer, off: number, end: number): Uint8Array 
 
 /** The whole content of a snapshot file holding `state`. */
 export function encodeSnapshot(state: Uint8Array): Buffer {
-  return Buffer.concat([SNAP_MAGIC, encodeFrame(state)]);
+  return Buffer.concat([snapshotHead(state.length, crc32(state)), state]);
+}
+
+/**
+ * The bytes of a snapshot file before its state: the magic and the frame head. For a state
+ * written in parts, whose checksum the writer computes part by part (`crc32(part, crc)`).
+ */
+export function snapshotHead(stateBytes: number, stateCrc: number): Buffer {
+  const head = Buffer.allocUnsafe(HEADER_BYTES + FRAME_HEAD_BYTES);
+  SNAP_MAGIC.copy(head, 0);
+  head.writeUInt32LE(stateBytes, HEADER_BYTES);
+  head.writeUInt32LE(stateCrc, HEADER_BYTES + 4);
+  return head;
 }
 
 /** The state held by a snapshot file's content, or null if it is damaged. */

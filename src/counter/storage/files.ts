@@ -28,15 +28,16 @@ export async function createFile(path: string, content: Uint8Array): Promise<Fil
 }
 
 /**
- * Durably make `content` the file at `path`: write it to `tmpPath`, fsync, rename over `path`,
+ * Durably make `content` (bytes, or parts to write one after another) the file at `path`: write it to `tmpPath`, fsync, rename over `path`,
  * fsync the directory. A crash at any point leaves the old file or the new one, never a mix; on
  * failure `tmpPath` is removed (best effort) and the old file is untouched.
  */
-export async function replaceFile(path: string, tmpPath: string, content: Uint8Array): Promise<void> {
+export async function replaceFile(path: string, tmpPath: string, content: Uint8Array | readonly Uint8Array[]): Promise<void> {
   try {
     const fh = await open(tmpPath, 'w', FILE_MODE);
     try {
-      await writeFully(fh, content, 0);
+      if (content instanceof Uint8Array) await writeFully(fh, content, 0);
+      else await writePartsFully(fh, content, 0);
       await fh.sync();
     } finally {
       await fh.close();
@@ -56,6 +57,19 @@ export async function writeFully(fh: FileHandle, bytes: Uint8Array, position: nu
     const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
     if (bytesWritten <= 0) throw new Error(`short write at offset ${position + done}`);
     done += bytesWritten;
+  }
+}
+
+/** Write the concatenation of `parts` at `position`: one writev, and the rest part by part after a short one. */
+export async function writePartsFully(fh: FileHandle, parts: readonly Uint8Array[], position: number): Promise<void> {
+  const { bytesWritten } = await fh.writev(parts as Uint8Array[], position);
+  let skip = bytesWritten;
+  let at = position;
+  for (const part of parts) {
+    const done = Math.min(skip, part.length);
+    skip -= done;
+    if (done < part.length) await writeFully(fh, part.subarray(done), at + done);
+    at += part.length;
   }
 }
 

@@ -10,9 +10,11 @@
  * ```
  *
  * Modules: `codec.ts` (names, magics, frames), `recovery.ts` (replay, torn tails, salvage),
- * `log-store.ts` (group-commit writer, rotation, compaction and its policy), `lock.ts` (the
- * DATA_DIR lock), `files.ts` (durable file helpers).
+ * `log-store.ts` (group-commit writer, rotation, compaction and its policy), `compaction-queue.ts`
+ * (the turns a counter's stores take to compact), `lock.ts` (the DATA_DIR lock), `files.ts`
+ * (durable file helpers).
  */
+export { CompactionQueue } from './compaction-queue.ts';
 export { DataDirLock, DataDirLockedError } from './lock.ts';
 export { LogStore } from './log-store.ts';
 export type { Recovered } from './recovery.ts';

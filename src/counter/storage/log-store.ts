@@ -8,16 +8,24 @@
  * one store per subdirectory; it must never open two stores on the same directory.
  */
 import { writeSync } from 'node:fs';
-import { mkdir, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { encodeFrame, encodeSnapshot, FRAME_HEAD_BYTES, HEADER_BYTES, LOG_MAGIC, logPath, SNAPSHOT_NAME, SNAPSHOT_TMP_NAME } from './codec.ts';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { crc32 } from 'node:zlib';
+import { encodeFrame, FRAME_HEAD_BYTES, HEADER_BYTES, LOG_MAGIC, logPath, SNAPSHOT_NAME, SNAPSHOT_TMP_NAME, snapshotHead } from './codec.ts';
+import type { CompactionQueue, CompactionTurn } from './compaction-queue.ts';
 import { createFile, DIR_MODE, ignoreCode, replaceFile, syncDir } from './files.ts';
 import { type CurrentLog, type OldLog, type Recovered, recoverDir } from './recovery.ts';
 
 const EMPTY = Buffer.alloc(0);
 /** A peer's updates written without a sync are synced at most this much later. */
 const LAZY_SYNC_MS = 1000;
+/** Bytes of a snapshot checksummed between two turns of the event loop. */
+const CRC_SLICE_BYTES = 1 << 20;
+
+/** The state a compaction writes: whole, or in parts to be written one after another. */
+type SnapshotSource = () => Promise<Uint8Array | readonly Uint8Array[]>;
 
 /** Options for {@link LogStore.open}. */
 export interface LogStoreOptions {
@@ -29,6 +37,8 @@ export interface LogStoreOptions {
   log: Logger;
   /** Told of each fdatasync (duration, records covered) and compaction: the metrics. */
   observer?: { synced(seconds: number, appends: number): void; compacted(seconds: number): void } | undefined;
+  /** Turns shared by the counter's stores, so that few compactions run at once; none: no limit across stores. */
+  compactions?: CompactionQueue | undefined;
 }
 
 interface Pending {
@@ -38,9 +48,18 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
-interface Deferred {
-  resolve: () => void;
-  reject: (err: unknown) => void;
+interface Rotation {
+  /** The log appends switch to: created and fsynced (name included) before it was asked for. */
+  next: CurrentLog;
+  done: () => void;
+}
+
+/** A log that rotation took out of use, open until what non-durable appends left in it is synced. */
+interface RetiredLog {
+  path: string;
+  fh: FileHandle;
+  /** Its sync, started at the rotation; null after one failed, so that the next durable round tries again. */
+  synced: Promise<void> | null;
 }
 
 /**
@@ -48,7 +67,11 @@ interface Deferred {
  */
 export class LogStore {
   private queue: Pending[] = [];
-  private rotation: Deferred | null = null;
+  private rotation: Rotation | null = null;
+  /** Logs rotated out whose sync the next durable round must also wait for. */
+  private retired: RetiredLog[] = [];
+  /** The compaction's place in the shared queue while it waits for or holds one. */
+  private turn: CompactionTurn | null = null;
   private loopRunning = false;
   private loopDone: Promise<void> = Promise.resolve();
   private tailDirty = false;
@@ -70,6 +93,7 @@ export class LogStore {
     /** Bytes of the state in `snapshot.ydoc` as it is on disk; see {@link needsCompaction}. */
     private snapshotBytes: number,
     private readonly observer: LogStoreOptions['observer'],
+    private readonly compactions: CompactionQueue | undefined,
   ) {}
 
   /**
@@ -80,7 +104,7 @@ export class LogStore {
   static async open(opts: LogStoreOptions): Promise<{ store: LogStore; recovered: Recovered }> {
     await mkdir(opts.dir, { recursive: true, mode: DIR_MODE });
     const found = await recoverDir(opts.dir, opts.log);
-    const store = new LogStore(opts.dir, opts.compactBytes, opts.log, found.current, found.oldLogs, found.snapshotBytes, opts.observer);
+    const store = new LogStore(opts.dir, opts.compactBytes, opts.log, found.current, found.oldLogs, found.snapshotBytes, opts.observer, opts.compactions);
     return { store, recovered: found.recovered };
   }
 
@@ -112,7 +136,7 @@ export class LogStore {
    */
   sync(): Promise<void> {
     if (this.closed) return Promise.reject(new Error('could not sync: storage is closed'));
-    if (!this.unsynced && !this.loopRunning) return Promise.resolve();
+    if (!this.unsynced && !this.loopRunning && this.retired.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ frame: EMPTY, durable: true, resolve, reject });
       this.kick();
@@ -141,17 +165,32 @@ export class LogStore {
   }
 
   /**
-   * Replace the logs with a snapshot. Appends made from now on go to a new
-   * log file; then `snapshot` is called and its result becomes
-   * `snapshot.ydoc`; then the older log files are deleted. Appends keep
-   * working throughout. A call while a compaction runs returns that one's
-   * promise.
+   * Replace the logs with a snapshot. Once the shared queue (if any) gives
+   * this store its turn, a new log file is made, appends switch to it, then
+   * `snapshot` is called and its result becomes `snapshot.ydoc`; then the
+   * older log files are deleted. Appends keep working throughout and never
+   * wait for the new file's fsyncs. A call while a compaction waits or runs
+   * returns that one's promise; one still waiting when the store closes
+   * resolves without doing anything.
    *
    * @param snapshot Returns the merged document state synchronously. It must
    *   include every update appended before this call and everything
    *   {@link open} recovered (containing more is fine: replay is idempotent).
    */
   compact(snapshot: () => Uint8Array): Promise<void> {
+    return this.startCompaction(async () => snapshot());
+  }
+
+  /**
+   * {@link compact} with the state supplied over several turns of the event loop, in parts whose
+   * concatenation is the state (see src/counter/state-slices.ts). The parts must hold the state as
+   * it was when `snapshot` was called, with the same guarantees as for compact.
+   */
+  compactInParts(snapshot: () => Promise<readonly Uint8Array[]>): Promise<void> {
+    return this.startCompaction(snapshot);
+  }
+
+  private startCompaction(snapshot: SnapshotSource): Promise<void> {
     if (this.compacting !== null) return this.compacting;
     if (this.closed) return Promise.reject(new Error('cannot compact: storage is closed'));
     const run = this.runCompaction(snapshot).finally(() => {
@@ -171,9 +210,13 @@ export class LogStore {
   }
 
   private async shutdown(): Promise<void> {
+    // a compaction still waiting for its turn gives it up; one running is waited for
+    this.turn?.withdraw();
     if (this.compacting !== null) await this.compacting.catch(() => undefined);
     while (this.loopRunning) await this.loopDone;
     if (this.lazySync) clearTimeout(this.lazySync);
+    await this.settleRetired().catch((err: unknown) => this.log.warn({ err }, 'could not sync a rotated log at shutdown'));
+    for (const r of this.retired.splice(0)) await r.fh.close().catch(() => undefined);
     if (this.unsynced) await this.current.fh.datasync().catch((err: unknown) => this.log.warn({ err }, 'could not sync the log at shutdown'));
     await this.current.fh.close();
   }
@@ -192,12 +235,8 @@ export class LogStore {
         const rotation = this.rotation;
         if (rotation !== null) {
           this.rotation = null;
-          try {
-            await this.rotate();
-            rotation.resolve();
-          } catch (err) {
-            rotation.reject(err);
-          }
+          this.switchTo(rotation.next);
+          rotation.done();
           continue;
         }
         const batch = this.queue;
@@ -225,15 +264,14 @@ export class LogStore {
       this.writeAt(cur, bytes);
       if (batch.some((p) => p.durable)) {
         const t0 = performance.now();
-        await cur.fh.datasync();
+        // a durable round covers everything appended before it, in rotated-out logs too
+        await Promise.all([cur.fh.datasync(), this.settleRetired()]);
         this.observer?.synced((performance.now() - t0) / 1000, batch.length);
         this.unsynced = false;
         if (this.lazySync) clearTimeout(this.lazySync);
         this.lazySync = null;
-      } else if (!this.unsynced) {
-        this.unsynced = true;
-        this.lazySync = setTimeout(() => this.syncLater(), LAZY_SYNC_MS);
-        this.lazySync.unref();
+      } else {
+        this.markUnsynced();
       }
     } catch (cause) {
       this.tailDirty = true;
@@ -267,6 +305,14 @@ export class LogStore {
     }
   }
 
+  /** Something written is not synced: a sync-only round follows within LAZY_SYNC_MS unless a durable one comes first. */
+  private markUnsynced(): void {
+    if (this.unsynced) return;
+    this.unsynced = true;
+    this.lazySync = setTimeout(() => this.syncLater(), LAZY_SYNC_MS);
+    this.lazySync.unref();
+  }
+
   /** A sync-only round for what non-durable appends left unsynced. */
   private syncLater(): void {
     this.lazySync = null;
@@ -275,14 +321,12 @@ export class LogStore {
     this.kick();
   }
 
-  private requestRotation(): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.rotation = { resolve, reject };
-      this.kick();
-    });
-  }
-
-  private async rotate(): Promise<void> {
+  /**
+   * The next log, made outside the write loop: creating it and fsyncing it and its name take
+   * several fsyncs, which appends must not queue behind. A crash before the switch leaves it
+   * empty after the log in use; recovery then treats the log in use as the last one.
+   */
+  private async createNextLog(): Promise<CurrentLog> {
     const seq = this.current.seq + 1;
     const path = logPath(this.dir, seq);
     const fh = await createFile(path, LOG_MAGIC);
@@ -293,31 +337,103 @@ export class LogStore {
       await unlink(path).catch(() => undefined);
       throw err;
     }
-    const old = this.current;
-    if (this.unsynced) {
-      // the new log starts synced; what the old one holds must be too
-      await old.fh.datasync();
-      this.unsynced = false;
-    }
-    if (this.tailDirty) {
-      // Best effort: if this fails the old file keeps a garbage tail, and
-      // recovery will treat it as damaged and salvage its good records.
-      await old.fh.truncate(old.size).catch(() => undefined);
-      this.tailDirty = false;
-    }
-    this.current = { seq, path, fh, size: HEADER_BYTES };
-    this.oldLogs.push({ path: old.path, size: old.size });
-    await old.fh.close().catch((err: unknown) => this.log.warn({ err, path: old.path }, 'could not close old log file'));
+    return { seq, path, fh, size: HEADER_BYTES };
   }
 
-  private async runCompaction(snapshot: () => Uint8Array): Promise<void> {
+  /** Has the loop switch appends to `next` between two rounds. */
+  private requestRotation(next: CurrentLog): Promise<void> {
+    return new Promise<void>((done) => {
+      this.rotation = { next, done };
+      this.kick();
+    });
+  }
+
+  /**
+   * Between two rounds: appends go to `next` from now on. What the old log holds unsynced is
+   * synced at once but not waited for here; the next durable round waits for it (with its own
+   * fdatasync, side by side), so an acknowledgment still covers every append before it.
+   */
+  private switchTo(next: CurrentLog): void {
+    const old = this.current;
+    const tailDirty = this.tailDirty;
+    const unsynced = this.unsynced;
+    this.current = next;
+    this.oldLogs.push({ path: old.path, size: old.size });
+    this.tailDirty = false;
+    this.unsynced = false;
+    if (this.lazySync) clearTimeout(this.lazySync);
+    this.lazySync = null;
+    const retired: RetiredLog = { path: old.path, fh: old.fh, synced: null };
+    this.retired.push(retired);
+    const synced = (async () => {
+      // Best effort: if this fails the old file keeps a garbage tail, and
+      // recovery will treat it as damaged and salvage its good records.
+      if (tailDirty) await old.fh.truncate(old.size).catch(() => undefined);
+      if (unsynced) await old.fh.datasync();
+    })();
+    retired.synced = synced;
+    // on failure the next durable round (a lazy one at the latest) tries again and reports it
+    synced.then(
+      () => this.closeRetired(retired),
+      () => {
+        retired.synced = null;
+        if (!this.closed) this.markUnsynced();
+      },
+    );
+  }
+
+  /** Waits until every rotated-out log is synced, trying a failed sync again. */
+  private async settleRetired(): Promise<void> {
+    if (this.retired.length === 0) return;
+    await Promise.all(
+      [...this.retired].map(async (r) => {
+        r.synced ??= r.fh.datasync();
+        try {
+          await r.synced;
+        } catch (err) {
+          r.synced = null;
+          throw err;
+        }
+        this.closeRetired(r);
+      }),
+    );
+  }
+
+  private closeRetired(r: RetiredLog): void {
+    const at = this.retired.indexOf(r);
+    if (at < 0) return;
+    this.retired.splice(at, 1);
+    r.fh.close().catch((err: unknown) => this.log.warn({ err, path: r.path }, 'could not close old log file'));
+  }
+
+  private async runCompaction(snapshot: SnapshotSource): Promise<void> {
+    const turn = this.compactions?.turn() ?? null;
+    this.turn = turn;
+    try {
+      if (turn !== null && !(await turn.granted)) return; // the store closed while it waited
+      await this.compactNow(snapshot);
+    } finally {
+      turn?.release();
+      this.turn = null;
+    }
+  }
+
+  private async compactNow(snapshot: SnapshotSource): Promise<void> {
     const started = performance.now();
     const beforeBytes = this.diskBytes();
+    const steps = { rotateMs: 0, encodeMs: 0, writeMs: 0 };
     try {
-      await this.requestRotation();
-      const state = snapshot();
-      await replaceFile(join(this.dir, SNAPSHOT_NAME), join(this.dir, SNAPSHOT_TMP_NAME), encodeSnapshot(state));
-      this.snapshotBytes = state.length;
+      await this.requestRotation(await this.createNextLog());
+      steps.rotateMs = performance.now() - started;
+      let t = performance.now();
+      const state = await snapshot();
+      const parts = state instanceof Uint8Array ? [state] : state;
+      steps.encodeMs = performance.now() - t;
+      t = performance.now();
+      const { bytes, crc } = await checksum(parts);
+      await replaceFile(join(this.dir, SNAPSHOT_NAME), join(this.dir, SNAPSHOT_TMP_NAME), [snapshotHead(bytes, crc), ...parts]);
+      steps.writeMs = performance.now() - t;
+      this.snapshotBytes = bytes;
       // Only delete a log once the snapshot replacing it is durable; if we
       // stop half way the remaining old logs are still replayed (harmlessly)
       // and the next compaction retries them.
@@ -334,7 +450,15 @@ export class LogStore {
     }
     this.observer?.compacted((performance.now() - started) / 1000);
     this.log.info(
-      { beforeBytes, afterBytes: this.diskBytes(), snapshotBytes: this.snapshotBytes, ms: Math.round(performance.now() - started) },
+      {
+        beforeBytes,
+        afterBytes: this.diskBytes(),
+        snapshotBytes: this.snapshotBytes,
+        ms: Math.round(performance.now() - started),
+        rotateMs: Math.round(steps.rotateMs),
+        encodeMs: Math.round(steps.encodeMs),
+        writeMs: Math.round(steps.writeMs),
+      },
       'compacted log into snapshot',
     );
   }
@@ -353,6 +477,23 @@ export class LogStore {
     for (const old of this.oldLogs) total += old.size;
     return total;
   }
+}
+
+/** Length and crc32 of the concatenated parts, a slice per turn of the event loop. */
+async function checksum(parts: readonly Uint8Array[]): Promise<{ bytes: number; crc: number }> {
+  let crc = 0;
+  let bytes = 0;
+  let slice = 0;
+  for (const part of parts) {
+    crc = crc32(part, crc);
+    bytes += part.length;
+    slice += part.length;
+    if (slice >= CRC_SLICE_BYTES) {
+      slice = 0;
+      await nextTurn();
+    }
+  }
+  return { bytes, crc };
 }
 
 function errorMessage(err: unknown): string {

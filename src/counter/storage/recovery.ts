@@ -76,8 +76,8 @@ export interface RecoveredDir {
 /**
  * Sort a log file's bytes into records, a torn tail, or damage.
  *
- * @param isLast Only the last log can end in a torn write: the ones before it were complete when
- *   rotation closed them, so anything unreadable in them is damage.
+ * @param isLast Only the last log that holds records can end in a torn write: the ones before
+ *   it were complete when appends switched away from them, so anything unreadable in them is damage.
  */
 export function parseLog(buf: Buffer, isLast: boolean): ParsedLog {
   const records: Uint8Array[] = [];
@@ -152,17 +152,26 @@ export async function recoverDir(dir: string, log: Logger): Promise<RecoveredDir
     })
     .sort((a, b) => a.seq - b.seq || (a.name < b.name ? -1 : 1));
 
+  const bufs = await Promise.all(logs.map(({ name }) => readFile(join(dir, name))));
+  // Rotation makes the next log before appends switch to it, so the log in use may be followed
+  // by logs holding nothing yet (a header, or part of one): it is the one a crash can tear.
+  let written = bufs.length - 1;
+  while (written > 0 && bufs[written]!.length <= HEADER_BYTES) written--;
   const updates: Uint8Array[] = [];
   const parsed: { seq: number; path: string; size: number; result: ParsedLog }[] = [];
   for (const [i, { seq, name }] of logs.entries()) {
-    const path = join(dir, name);
-    const buf = await readFile(path);
-    const result = parseLog(buf, i === logs.length - 1);
+    const buf = bufs[i]!;
+    const result = parseLog(buf, i >= written);
     for (const r of result.records) updates.push(r);
-    parsed.push({ seq, path, size: buf.length, result });
+    parsed.push({ seq, path: join(dir, name), size: buf.length, result });
   }
 
   const lastSeq = parsed.at(-1)?.seq ?? 0;
+  if (parsed[written]?.result.torn && written < parsed.length - 1) {
+    // The empty logs after the torn one go, so that its tail is cut and appends resume in it.
+    for (const p of parsed.splice(written + 1)) await unlink(p.path);
+    dirChanged = true;
+  }
   let current: CurrentLog;
   let oldLogs: OldLog[];
 
