@@ -138,8 +138,10 @@ function parseArgs(argv: string[]): Options | null {
     joinItems: { smoke: 20_000, quick: 1_000_000, full: 20_000_000 }[mode],
     joinCompactBytes: mode === 'smoke' ? 64 * 64 * 1024 : Number(SETTINGS.COMPACT_BYTES),
     rounds: { smoke: 1, quick: 3, full: 5 }[mode],
+    // a smoke round stays 1 s: in 0.5 s on a busy machine, rounds of 1,000-item batches, or of TLS
+    // connections still in their handshakes, completed no request
     roundS: { smoke: 1, quick: 3, full: 5 }[mode],
-    warmupS: { smoke: 0.3, quick: 1, full: 2 }[mode],
+    warmupS: { smoke: 0.2, quick: 1, full: 2 }[mode],
     connections: 50,
     batchConnections: 10,
     batch: 1000,
@@ -305,7 +307,9 @@ async function drive(url: string, connections: number, seconds: number, request:
   const idReplacement = list.some((r) => typeof r.body === 'string' && r.body.includes('[<id>]'));
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const r = await autocannon({ url, connections, duration: seconds, requests: list, timeout: 10, idReplacement });
+  // autocannon stops on a sample tick (every second by default): a 0.2 s warm-up would last 1 s
+  const sampleInt = Number.isInteger(seconds) ? 1000 : 100;
+  const r = await autocannon({ url, connections, duration: seconds, sampleInt, requests: list, timeout: 10, idReplacement });
   const cpu = process.cpuUsage(cpu0);
   const driverCores = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
   return { rps: r['2xx'] / r.duration, p50: r.latency.p50, p99: r.latency.p99, ok: r['2xx'], non2xx: r.non2xx, errors: r.errors, lastOkAt, driverCores };
