@@ -10,7 +10,7 @@
  * partition_heal, and the sharded figures of scale.ts: scale, join, restart.ms_20m, compaction;
  * machine).
  *
- * Sizes: --smoke (about 20 s, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
+ * Sizes: --smoke (about a minute, tiny sizes, used by test/bench.test.ts), --quick (about 1-2 minutes,
  * 100,000 items), default full run (about 3-5 minutes, 1,000,000 items). Throughput figures are
  * medians of alternating mesh/ceiling rounds, so a noisy neighbour hits both sides alike.
  */
@@ -84,6 +84,13 @@ interface Options {
   joinCompactBytes: number;
   rounds: number;
   roundS: number;
+  /**
+   * A smoke run's rounds end after this many requests (single: the paired figures', batch:
+   * post_batch's) instead of after roundS: each round then measures something however busy the
+   * machine is (1 s rounds of 1,000-item batches or of new TLS connections completed none on a
+   * loaded machine), and a quiet machine is done sooner. Null: rounds of roundS.
+   */
+  roundRequests: { single: number; batch: number } | null;
   warmupS: number;
   connections: number;
   batchConnections: number;
@@ -132,14 +139,17 @@ function parseArgs(argv: string[]): Options | null {
   const o: Options = {
     mode,
     out: null,
-    items: { smoke: 20_000, quick: 100_000, full: 1_000_000 }[mode],
+    // smoke: enough items that memory's RSS growth (about 10 MB) stands out of RSS noise of a few MB;
+    // at 20,000 the growth after a full GC once read negative
+    items: { smoke: 50_000, quick: 100_000, full: 1_000_000 }[mode],
     perSide: mode === 'smoke' ? 2_000 : 10_000,
     scaleItems: { smoke: 20_000, quick: 200_000, full: 2_000_000 }[mode],
     joinItems: { smoke: 20_000, quick: 1_000_000, full: 20_000_000 }[mode],
     joinCompactBytes: mode === 'smoke' ? 64 * 64 * 1024 : Number(SETTINGS.COMPACT_BYTES),
     rounds: { smoke: 1, quick: 3, full: 5 }[mode],
     roundS: { smoke: 1, quick: 3, full: 5 }[mode],
-    warmupS: { smoke: 0.3, quick: 1, full: 2 }[mode],
+    roundRequests: mode === 'smoke' ? { single: 500, batch: 20 } : null,
+    warmupS: { smoke: 0.2, quick: 1, full: 2 }[mode],
     connections: 50,
     batchConnections: 10,
     batch: 1000,
@@ -194,6 +204,7 @@ function parseArgs(argv: string[]): Options | null {
         const v = Number(value());
         if (!(v > 0)) throw new UsageError('--seconds needs a positive number');
         o.roundS = v;
+        o.roundRequests = null;
         secondsGiven = true;
         break;
       }
@@ -296,7 +307,8 @@ function getCountRequest(query = ''): autocannon.Request[] {
   return Array.from({ length: LOAD_VARIANTS }, () => ({ method: 'GET' as const, path: `/items/${randomTenant()}/count${query}` }));
 }
 
-async function drive(url: string, connections: number, seconds: number, request: autocannon.Request | autocannon.Request[], track = false): Promise<Round> {
+/** Load for `seconds`, or, given `requests`, until that many are answered (at most REQUESTS_ROUND_MAX_S). */
+async function drive(url: string, connections: number, seconds: number, request: autocannon.Request | autocannon.Request[], track = false, requests?: number): Promise<Round> {
   let lastOkAt = 0;
   const onResponse = (status: number) => {
     if (status >= 200 && status < 300) lastOkAt = performance.now();
@@ -305,11 +317,21 @@ async function drive(url: string, connections: number, seconds: number, request:
   const idReplacement = list.some((r) => typeof r.body === 'string' && r.body.includes('[<id>]'));
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const r = await autocannon({ url, connections, duration: seconds, requests: list, timeout: 10, idReplacement });
+  // autocannon stops on a sample tick (every second by default): a 0.2 s warm-up would last 1 s
+  const sampleInt = requests !== undefined || !Number.isInteger(seconds) ? 100 : 1000;
+  const opts = { url, connections, ...(requests !== undefined ? { amount: requests } : { duration: seconds }), sampleInt, requests: list, timeout: 10, idReplacement };
+  let bound: NodeJS.Timeout | undefined;
+  const r = await new Promise<autocannon.Result>((resolve, reject) => {
+    const run = autocannon(opts, (err, result) => (err ? reject(err) : resolve(result)));
+    if (requests !== undefined) bound = setTimeout(() => run.stop(), REQUESTS_ROUND_MAX_S * 1000);
+  }).finally(() => clearTimeout(bound));
   const cpu = process.cpuUsage(cpu0);
   const driverCores = (cpu.user + cpu.system) / 1000 / (performance.now() - t0);
   return { rps: r['2xx'] / r.duration, p50: r.latency.p50, p99: r.latency.p99, ok: r['2xx'], non2xx: r.non2xx, errors: r.errors, lastOkAt, driverCores };
 }
+
+/** The longest a round of a number of requests goes on (a mesh that stopped answering). */
+const REQUESTS_ROUND_MAX_S = 60;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -381,7 +403,7 @@ async function paired(o: Options, meshUrl: string, ceilingUrl: string, request: 
     const order: ['mesh' | 'ceiling', string][] = r % 2 === 0 ? [['ceiling', ceilingUrl], ['mesh', meshUrl]] : [['mesh', meshUrl], ['ceiling', ceilingUrl]];
     for (const [which, url] of order) {
       await quietBeforeRound(o, pids(), say);
-      const res = await drive(url, o.connections, o.roundS, request());
+      const res = await drive(url, o.connections, o.roundS, request(), false, o.roundRequests?.single);
       (which === 'mesh' ? mesh : ceiling).push(res);
       say(`  ${what} round ${r + 1} ${which.padEnd(7)} ${fmtInt(res.rps)} req/s  p50 ${res.p50} ms  p99 ${res.p99} ms  driver ${res.driverCores.toFixed(2)} cores${res.non2xx || res.errors ? `  (${res.non2xx} non-2xx, ${res.errors} errors)` : ''}`);
     }
@@ -399,7 +421,7 @@ async function postBatch(o: Options, mesh: MeshHandle, say: Say, notes: string[]
   const rates: number[] = [];
   const replicated: number[] = [];
   for (let r = 0; r < o.rounds; r++) {
-    const res = await drive(mesh.url, o.batchConnections, o.roundS, postBatchRequest(o.batch), true);
+    const res = await drive(mesh.url, o.batchConnections, o.roundS, postBatchRequest(o.batch), true, o.roundRequests?.batch);
     const expected = base + res.ok * o.batch;
     const allHold = await waitAllHold(mesh.counters, expected, 120_000, 5);
     const repl = Math.max(0, allHold - res.lastOkAt);
@@ -683,7 +705,7 @@ export async function runBench(argv: string[]): Promise<number> {
 
     const figures: Partial<Figures> = {};
     const notes: string[] = [];
-    say(`${opts.mode} run: ${opts.rounds} round(s) of ${opts.roundS} s, ${opts.connections} connections, ${opts.mesh} mesh, ${fmtInt(opts.items)} items for memory/restart/catch_up`);
+    say(`${opts.mode} run: ${opts.rounds} round(s) of ${opts.roundRequests ? `${opts.roundRequests.single} requests (post_batch ${opts.roundRequests.batch})` : `${opts.roundS} s`}, ${opts.connections} connections, ${opts.mesh} mesh, ${fmtInt(opts.items)} items for memory/restart/catch_up`);
 
     const wantTls = opts.only.has('post_single_tls') || opts.only.has('get_count_tls');
     const wantPlain = (['post_single', 'post_single_quorum', 'post_batch', 'get_count', 'get_count_quorum'] as const).some((f) => opts.only.has(f));

@@ -1,12 +1,14 @@
 /**
- * The test step of `npm test`: every test/*.test.ts in two uvu processes side by side.
+ * The test step of `npm test`: every test/*.test.ts in GROUPS uvu processes side by side.
  *
  * Most of the suite's time is real processes starting and tests waiting on heartbeats, restarts
- * and convergence, which leaves a core idle half the time when one uvu runs every file in turn.
- * The files are split (but for ALONE, run afterwards by themselves) in two groups of about the same length (longest first, each to the group
+ * and convergence, which leaves a core idle much of the time when one uvu runs every file in turn.
+ * The files are split in GROUPS groups of about the same length (longest first, each to the group
  * with less so far); each group is one uvu run, so the output keeps one `Total:`/`Passed:` pair
- * per run, which .ci/run adds up. The first group's output is shown as it comes, the second's
- * once the first is done, so the two never interleave. Exits non-zero when either run fails.
+ * per run, which .ci/run adds up. The first group's output is shown as it comes, the next one's
+ * once the first is done, and so on, so they never interleave. Exits non-zero when any run fails.
+ * At the end, one line per group gives its files' seconds (from uvu's file headers), to keep
+ * SECONDS current.
  *
  * Before the runs, src/ is transpiled once (build.ts) and handed to the test meshes through
  * COUNTER_MESH_TEST_BUILD, so their processes start without the tsx loader.
@@ -27,31 +29,34 @@ const TEST_DIR = path.join(ROOT, 'test');
 const UVU_BIN = path.join(path.dirname(createRequire(import.meta.url).resolve('uvu/run')), '..', 'bin.js');
 
 /**
- * Seconds each long file took alone on a 2-core machine (src transpiled), used only to balance
- * the groups; a file not listed counts as SHORT_FILE_S. Refresh when a file's length changes a lot.
+ * Seconds each long file took in its group of a full run (the end-of-run report), used only to
+ * balance the groups; a file not listed counts as SHORT_FILE_S. Refresh when a file's length changes a lot.
  */
 const SECONDS: Record<string, number> = {
-  bench: 45,
-  chaos: 36,
-  shutdown: 30,
-  rotation: 28,
-  tls: 28,
-  'http-fuzz': 26,
-  durability: 20,
-  'status-page': 17,
-  'quorum-mesh': 16,
-  'ws-fuzz': 16,
-  metrics: 14,
-  partition: 12,
-  cli: 12,
-  mesh: 5,
+  bench: 60,
+  chaos: 61.5,
+  'http-fuzz': 33.5,
+  shutdown: 26.3,
+  'remove-cli': 20.9,
+  tls: 20.1,
+  'status-page': 18.6,
+  'membership-mesh': 17.5,
+  'ws-fuzz': 17,
+  rotation: 15.5,
+  durability: 15,
+  cli: 13.4,
+  metrics: 11.4,
+  mesh: 10.1,
+  'quorum-mesh': 10,
+  membership: 10,
+  partition: 9.8,
+  quorum: 5.9,
+  'id-index': 3.5,
+  'memory-mesh': 3.3,
 };
 const SHORT_FILE_S = 1.5;
-/**
- * Files whose assertions need the machine to themselves (throughput rounds, reads answered under
- * faults within a deadline): run after the two groups, alone, as one more uvu run.
- */
-const ALONE = new Set(['bench.test.ts', 'chaos.test.ts']);
+/** uvu processes side by side. */
+const GROUPS = Number(process.env.TEST_GROUPS ?? 3);
 
 /** Splits the files in `groups` groups of about equal total seconds. */
 export function balance(files: string[], groups: number): string[][] {
@@ -70,19 +75,62 @@ function patternFor(files: string[]): string {
   return `^(${files.map((f) => f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})$`;
 }
 
+/** Terminal colour codes, which uvu puts around a file's name. */
+const COLOUR = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, 'g');
+
+/**
+ * Seconds per file of one uvu run, from the file name uvu prints (alone on a line) as it starts
+ * each file: a file lasts until the next one's name, the last until the run ends.
+ */
+class FileClock {
+  private readonly starts: [string, number][] = [];
+  private partial = '';
+  private endedAt = 0;
+
+  constructor(private readonly files: ReadonlySet<string>) {}
+
+  see(chunk: Buffer): void {
+    const lines = (this.partial + chunk.toString()).split('\n');
+    this.partial = lines.pop()!;
+    for (const line of lines) {
+      const name = line.replace(COLOUR, '').trim();
+      if (this.files.has(name)) this.starts.push([name, performance.now()]);
+    }
+  }
+
+  end(): void {
+    this.endedAt = performance.now();
+  }
+
+  /** "name 12.3" per file, longest first. */
+  report(): string {
+    const rows = this.starts.map(([name, t], i) => [name.replace(/\.test\.ts$/, ''), ((this.starts[i + 1]?.[1] ?? this.endedAt) - t) / 1000] as const);
+    return rows.sort((a, b) => b[1] - a[1]).map(([n, s]) => `${n} ${s.toFixed(1)}`).join(', ');
+  }
+}
+
 /** One uvu run of `files`; its output goes to `sink` as it arrives. */
-function runGroup(files: string[], env: NodeJS.ProcessEnv, sink: (chunk: Buffer) => void): { child: ChildProcess; done: Promise<number> } {
+function runGroup(files: string[], env: NodeJS.ProcessEnv, sink: (chunk: Buffer) => void): { child: ChildProcess; done: Promise<number>; clock: FileClock; startedAt: number } {
+  const clock = new FileClock(new Set(files));
+  const startedAt = performance.now();
   const child = spawn(process.execPath, [UVU_BIN, '-r', 'tsx', 'test', patternFor(files)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout!.on('data', sink);
-  child.stderr!.on('data', sink);
+  const take = (chunk: Buffer) => {
+    clock.see(chunk);
+    sink(chunk);
+  };
+  child.stdout!.on('data', take);
+  child.stderr!.on('data', take);
   const done = new Promise<number>((resolve) => {
     child.once('error', (err) => {
       sink(Buffer.from(`cannot start uvu: ${err.message}\n`));
       resolve(1);
     });
-    child.once('close', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+    child.once('close', (code, signal) => {
+      clock.end();
+      resolve(code ?? (signal ? 1 : 0));
+    });
   });
-  return { child, done };
+  return { child, done, clock, startedAt };
 }
 
 export async function runTests(argv: string[]): Promise<number> {
@@ -92,16 +140,19 @@ export async function runTests(argv: string[]): Promise<number> {
     process.stderr.write(`no test file matches ${argv[0]}\n`);
     return 1;
   }
+  if (!(Number.isInteger(GROUPS) && GROUPS >= 1)) {
+    process.stderr.write(`TEST_GROUPS=${process.env.TEST_GROUPS} is not a whole number of at least 1\n`);
+    return 1;
+  }
   const build = buildSources();
   const env = { ...process.env, COUNTER_MESH_TEST_BUILD: build };
-  const groups = balance(files.filter((f) => !ALONE.has(f)), 2);
-  const alone = files.filter((f) => ALONE.has(f));
-  const held: Buffer[] = [];
+  const groups = balance(files, GROUPS);
+  const held: Buffer[][] = groups.map(() => []);
   let live = 0;
   const runs = groups.map((g, i) =>
     runGroup(g, env, (chunk) => {
       if (i === live) process.stdout.write(chunk);
-      else held.push(chunk);
+      else held[i]!.push(chunk);
     }),
   );
   const stop = (signal: NodeJS.Signals) => {
@@ -111,16 +162,16 @@ export async function runTests(argv: string[]): Promise<number> {
   process.once('SIGTERM', stop);
   try {
     const codes: number[] = [];
+    const ended: number[] = [];
     for (const [i, r] of runs.entries()) {
       codes.push(await r.done);
+      ended.push(performance.now());
       // the next group's output so far, then the rest as it comes
       live = i + 1;
-      for (const chunk of held.splice(0)) process.stdout.write(chunk);
+      for (const chunk of held[live]?.splice(0) ?? []) process.stdout.write(chunk);
     }
-    if (alone.length > 0) {
-      const last = runGroup(alone, env, (chunk) => process.stdout.write(chunk));
-      runs.push(last);
-      codes.push(await last.done);
+    for (const [i, r] of runs.entries()) {
+      process.stdout.write(`group ${i + 1}: ${((ended[i]! - r.startedAt) / 1000).toFixed(1)} s — ${r.clock.report()}\n`);
     }
     return codes.some((c) => c !== 0) ? 1 : 0;
   } finally {
