@@ -307,6 +307,12 @@ export class CounterLink implements Receiver {
     const batch = this.tallyQueue;
     this.tallyQueue = [];
     if (batch.length === 0) return;
+    if (this.suspect) {
+      // the batch before timed out: these reads ask another replica now instead of waiting again
+      const err = new CounterUnavailableError(`counter ${this.id} did not answer in time`);
+      for (const q of batch) q.reject(err);
+      return;
+    }
     this.tallyBatchesInFlight++;
     // corked, the last one flushing them all in one write; each settles on its own answer
     const answered = batch.map((q, i) => this.sendTally(q.tenant, [], i === batch.length - 1).then(q.resolve, q.reject));
