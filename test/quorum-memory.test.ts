@@ -9,7 +9,8 @@
  *   dies with its log lost and the others lose their power, the others still count every one.
  * - Peers that cannot acknowledge: 503-worthy NotEnoughReplicasError saying how many did.
  * - Quorum reads' tallies leave a coordinator in batches, one batch in flight per counter link:
- *   reads started while one is unanswered wait and leave together, and each gets its own count.
+ *   reads started while one is unanswered wait and leave together, and each gets its own count;
+ *   when that batch times out, the reads queued behind it ask another replica at once.
  * `SEED=n` replays a run.
  */
 import { test } from 'uvu';
@@ -37,6 +38,15 @@ function countOnDisk(c: SimCounter, tenant: string): number {
 }
 
 const TENANTS = ['acme', 'globex'];
+
+/** Every counter linked to both others, and every replica of the tenants usable from the first coordinator (a w=3 write needs all that). */
+async function fullyLinked(mesh: MemoryMesh, tenants: readonly string[]): Promise<void> {
+  await mesh.until(
+    () => mesh.counters.every((c) => c.counter?.connectedPeers() === 2) && tenants.every((t) => mesh.pools[0]!.replicas(t).every((r) => r.usable)),
+    10_000,
+    'the counters linked to each other and usable from the coordinator',
+  );
+}
 
 test('w=2, r=2 of 3: no read below what was acknowledged before it, under partitions, a crash and concurrent writes', () =>
   withSeed('quorum', async (seed, rng) => {
@@ -240,9 +250,9 @@ test('tallies: one batch in flight per link; reads started meanwhile leave toget
   withSeed('quorum-batches', async (seed) => {
     const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 5, maxDelayMs: 10 } });
     try {
-      await mesh.until(() => mesh.pools[0]!.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
       const pool = mesh.pools[0]!;
       const tenants = Array.from({ length: 10 }, (_, i) => `t${i}`);
+      await fullyLinked(mesh, tenants);
       // tenant t<i> holds i + 1 items, stored on w=3 so every replica counts them
       await mesh.settle(tenants.map((t, i) => writeQuorum(pool.replicas(t), Array.from({ length: i + 1 }, (_, k) => ({ tenant: t, id: `x${k}` })), 3)));
       // per link (coordinator > counter): when each unanswered tally was sent
@@ -279,6 +289,44 @@ test('tallies: one batch in flight per link; reads started meanwhile leave toget
       assert.equal(counts, tenants.map((_, i) => i + 1), 'each read has its own tenant\'s count');
       assert.equal(violations, []);
       assert.ok(Math.max(...batchSizes.values()) >= 2, `reads started while a batch was out left together (batches: ${[...batchSizes.values()].join(',')})`);
+      mesh.net.carry = carry;
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('reads queued behind a tally batch that times out fail over at once, not after a second timeout', () =>
+  withSeed('quorum-failover', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 1, maxDelayMs: 5 } });
+    try {
+      const pool = mesh.pools[0]!;
+      await fullyLinked(mesh, ['t']);
+      await mesh.settle([writeQuorum(pool.replicas('t'), [{ tenant: 't', id: 'a' }, { tenant: 't', id: 'b' }], 3)]);
+      // the home replica goes silent (its link stays open): tallies to it are never answered
+      const silent = pool.replicas('t')[0]!.id;
+      const carry = mesh.net.carry.bind(mesh.net);
+      mesh.net.carry = (from, frame) => {
+        if (frame[0] === MessageType.Tally && from.other === silent) return;
+        carry(from, frame);
+      };
+      const t0 = mesh.clock.now();
+      const reads: Promise<number>[] = [readQuorum(pool.replicas('t'), 't', 2)];
+      const answeredAt: number[] = [];
+      // four more while the first batch waits for the silent counter
+      const queued = new Promise<void>((resolve) => {
+        for (let i = 1; i <= 4; i++) {
+          mesh.clock.push(() => {
+            reads.push(readQuorum(pool.replicas('t'), 't', 2));
+            if (reads.length === 5) resolve();
+          }, 10 * i);
+        }
+      });
+      await mesh.settle([queued]);
+      for (const r of reads) void r.then(() => answeredAt.push(mesh.clock.now() - t0));
+      const counts = await mesh.settle(reads);
+      assert.equal(counts, [2, 2, 2, 2, 2]);
+      // COUNTER_TIMEOUT_MS is 1000 here: one timeout, then the third replica answers
+      assert.ok(Math.max(...answeredAt) < 1500, `every read answered within one timeout and a round trip (${answeredAt.join(', ')} ms)`);
       mesh.net.carry = carry;
     } finally {
       await mesh.close();
