@@ -23,7 +23,7 @@ const TSX_LOADER = tsxLoaderUrl();
 
 /**
  * How a mesh process runs the CLI: through tsx, or, when the test runner (tools/test/run.ts) has
- * transpiled src/ into COUNTER_MESH_TEST_BUILD, as plain JavaScript, which starts in about half the CPU.
+ * bundled it into COUNTER_MESH_TEST_BUILD, as plain JavaScript, which starts in about a quarter of the CPU.
  */
 function cliEntry(): string[] {
   const built = process.env.COUNTER_MESH_TEST_BUILD;

@@ -10,8 +10,8 @@
  * At the end, one line per group gives its files' seconds (from uvu's file headers), to keep
  * SECONDS current.
  *
- * Before the runs, src/ is transpiled once (build.ts) and handed to the test meshes through
- * COUNTER_MESH_TEST_BUILD, so their processes start without the tsx loader.
+ * Before the runs, the CLI is bundled once into plain JavaScript (build.ts) and handed to the test
+ * meshes through COUNTER_MESH_TEST_BUILD, so their processes start without the tsx loader.
  *
  * `npm test -- PATTERN` runs only the files whose name matches the regular expression PATTERN.
  */
@@ -144,7 +144,7 @@ export async function runTests(argv: string[]): Promise<number> {
     process.stderr.write(`TEST_GROUPS=${process.env.TEST_GROUPS} is not a whole number of at least 1\n`);
     return 1;
   }
-  const build = buildSources();
+  const build = await buildSources();
   const env = { ...process.env, COUNTER_MESH_TEST_BUILD: build };
   const groups = balance(files, GROUPS);
   const held: Buffer[][] = groups.map(() => []);
