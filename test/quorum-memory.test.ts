@@ -42,7 +42,7 @@ const TENANTS = ['acme', 'globex'];
 /** Every counter linked to both others, and every replica of the tenants usable from the first coordinator (a w=3 write needs all that). */
 async function fullyLinked(mesh: MemoryMesh, tenants: readonly string[]): Promise<void> {
   await mesh.until(
-    () => mesh.counters.every((c) => c.counter?.connectedPeers() === 2) && tenants.every((t) => mesh.pools[0]!.replicas(t).every((r) => r.usable)),
+    () => mesh.counters.every((c) => c.counter?.connectedPeers() === 2) && tenants.every((t) => mesh.pools[0]!.replicas(t).length === 3 && mesh.pools[0]!.replicas(t).every((r) => r.usable)),
     10_000,
     'the counters linked to each other and usable from the coordinator',
   );
