@@ -6,21 +6,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { CompactionQueue } from '../src/counter/storage/compaction-queue.ts';
-
-/** Whether `p` has settled, after letting pending callbacks run. */
-async function settled(p: Promise<unknown>): Promise<boolean> {
-  let done = false;
-  void p.then(
-    () => {
-      done = true;
-    },
-    () => {
-      done = true;
-    },
-  );
-  await new Promise((r) => setImmediate(r));
-  return done;
-}
+import { settled } from './support/storage.ts';
 
 test('one at a time by default, granted in the order asked', async () => {
   const q = new CompactionQueue();

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import * as Y from 'yjs';
 import { CompactionQueue, DataDirLock, LogStore } from '../src/counter/storage/index.ts';
 import { waitFor } from '../src/shared/wait.ts';
-import { appendAll, logFiles, logSize, makeDoc, openStore, replay, silentLog, tempDirs, writeItems } from './support/storage.ts';
+import { appendAll, logFiles, logSize, makeDoc, openStore, replay, settled, silentLog, tempDirs, writeItems } from './support/storage.ts';
 
 /** A promise and the function that settles it: what a test holds a step of the store at. */
 function gate(): { open: () => void; opened: Promise<void> } {
@@ -22,20 +22,6 @@ function gate(): { open: () => void; opened: Promise<void> } {
   return { open, opened };
 }
 
-/** Whether `p` has settled, once the callbacks already due have run. */
-async function settled(p: Promise<unknown>): Promise<boolean> {
-  let done = false;
-  void p.then(
-    () => {
-      done = true;
-    },
-    () => {
-      done = true;
-    },
-  );
-  await new Promise((r) => setImmediate(r));
-  return done;
-}
 
 const dirs = tempDirs('cm-storage-');
 test.after(() => dirs.removeAll());

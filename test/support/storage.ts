@@ -93,3 +93,18 @@ export function recordOffset(updates: Uint8Array[], i: number): number {
   for (let j = 0; j < i; j++) off += 8 + (updates[j]?.length ?? 0);
   return off;
 }
+
+/** True when `p` has settled by the next turn of the event loop (it is not left waiting on anything). */
+export async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  void p.then(
+    () => {
+      done = true;
+    },
+    () => {
+      done = true;
+    },
+  );
+  await new Promise((r) => setImmediate(r));
+  return done;
+}
