@@ -16,6 +16,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import pino from 'pino';
+import * as Y from 'yjs';
 import { MemoryDisk, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
@@ -39,12 +40,20 @@ function countOnDisk(c: SimCounter, tenant: string): number {
 
 const TENANTS = ['acme', 'globex'];
 
-/** Every counter linked to both others, and every replica of the tenants usable from the first coordinator (a w=3 write needs all that). */
+/**
+ * Every counter linked to both others and knowing they serve the tenants' shards (only such peers'
+ * acknowledgments count), and every replica of the tenants usable from the first coordinator (a
+ * w=3 write needs all that).
+ */
 async function fullyLinked(mesh: MemoryMesh, tenants: readonly string[]): Promise<void> {
+  const seesPeersServe = (c: SimCounter) =>
+    mesh.counters.every((o) => o === c || tenants.every((t) => c.counter!.servedBy(o.id, c.counter!.shardOf(t))));
   await mesh.until(
-    () => mesh.counters.every((c) => c.counter?.connectedPeers() === 2) && tenants.every((t) => mesh.pools[0]!.replicas(t).length === 3 && mesh.pools[0]!.replicas(t).every((r) => r.usable)),
+    () =>
+      mesh.counters.every((c) => c.counter?.connectedPeers() === 2 && seesPeersServe(c)) &&
+      tenants.every((t) => mesh.pools[0]!.replicas(t).length === 3 && mesh.pools[0]!.replicas(t).every((r) => r.usable)),
     10_000,
-    'the counters linked to each other and usable from the coordinator',
+    'the counters linked to each other, each seeing the others serve, and usable from the coordinator',
   );
 }
 
@@ -140,8 +149,7 @@ test('w=2: acknowledged only once a peer has the items on disk; the home counter
     const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 15 } });
     try {
       const pool = mesh.pools[0]!;
-      await mesh.until(() => pool.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
-      await mesh.until(() => mesh.counters.every((c) => c.counter!.connectedPeers() === 2), 10_000, 'the counters are linked to each other');
+      await fullyLinked(mesh, ['t', 'one', ...Array.from({ length: 40 }, (_, i) => `w${i}`)]);
       const home = mesh.counters.find((c) => c.id === pool.replicas('t')[0]!.id)!;
       const others = mesh.counters.filter((c) => c !== home);
       // the peers' disks are slower than the network: an acknowledgment sent before the fsync would show
@@ -194,8 +202,8 @@ test('w=2 with peers that cannot acknowledge: NotEnoughReplicasError saying how 
     const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 10 } });
     try {
       const pool = mesh.pools[0]!;
-      await mesh.until(() => pool.view().filter((v) => v.ready).length === 3, 10_000, 'the coordinator sees 3 ready counters');
-      await mesh.until(() => mesh.counters.every((c) => c.counter!.connectedPeers() === 2), 10_000, 'the counters are linked to each other');
+      // every replica serving the shard, or a peer may not be sent the write at all
+      await fullyLinked(mesh, ['t', 'u']);
       const home = mesh.counters.find((c) => c.id === pool.replicas('t')[0]!.id)!;
       // the mesh's books, for its final compare()
       mesh.sent.set('t', new Set(['a', 'b']));
@@ -217,7 +225,8 @@ test('w=2 with peers that cannot acknowledge: NotEnoughReplicasError saying how 
       assert.equal([err.answered, err.required], [1, 2]);
       assert.match(err.message, `acknowledged by 1 of the 2 replicas required (counter ${home.id} stored the items, but only 0 of its 2 peers confirmed having them on disk within 500 ms)`);
       assert.ok(mesh.clock.now() - t0 < 1000, 'answered before the coordinator gave up on the counter (COUNTER_TIMEOUT_MS 1000)');
-      assert.is(swallowed, 2, 'both peers did acknowledge');
+      // both peers did store and acknowledge it (a slow disk may answer after the write gave up)
+      await mesh.until(() => swallowed === 2, 5_000, 'both peers acknowledged, their Durables lost on the way');
       assert.is(home.counter!.count('t'), 2, 'what was stored stays stored');
       assert.ok(pool.replicas('t')[0]!.usable, 'a short answer is no failure of the counter');
 
@@ -328,6 +337,124 @@ test('reads queued behind a tally batch that times out fail over at once, not af
       // COUNTER_TIMEOUT_MS is 1000 here: one timeout, then the third replica answers
       assert.ok(Math.max(...answeredAt) < 1500, `every read answered within one timeout and a round trip (${answeredAt.join(', ')} ms)`);
       mesh.net.carry = carry;
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+/** Per tenant, the ids counter `c` holds in `shard` (read from its document); empty when it does not hold the shard. */
+function idsIn(c: SimCounter, shard: number): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  const doc = c.counter?.shardDoc(shard);
+  if (!doc) return out;
+  const g = new GSet(silent);
+  g.applyUpdates([Y.encodeStateAsUpdate(doc)], STORAGE);
+  for (const it of g.items()) {
+    const ids = out.get(it.tenant) ?? new Set<string>();
+    out.set(it.tenant, ids);
+    ids.add(it.id);
+  }
+  g.close();
+  return out;
+}
+
+/**
+ * The guarantee behind r=2 of 3, read off the counters' documents: for every shard, every two of
+ * its placed replicas that serve it hold together every item acknowledged so far. Null when that
+ * holds (or while the counters disagree on the members), else the first pair that misses one.
+ */
+function quorumGap(mesh: MemoryMesh, acked: ReadonlyMap<string, ReadonlySet<string>>, shards: number): string | null {
+  const placement = mesh.placement();
+  if (!placement) return null;
+  for (let s = 0; s < shards; s++) {
+    const servers = mesh.counters.filter((c) => placement[s]!.includes(c.id) && c.counter?.status().serving?.includes(s));
+    const held = servers.map((c) => idsIn(c, s));
+    for (let a = 0; a < servers.length; a++) {
+      for (let b = a + 1; b < servers.length; b++) {
+        for (const [tenant, ids] of acked) {
+          if (mesh.counters[0]!.counter!.shardOf(tenant) !== s) continue;
+          for (const id of ids) {
+            if (!held[a]!.get(tenant)?.has(id) && !held[b]!.get(tenant)?.has(id)) {
+              return `shard ${s}: ${servers[a]!.id} and ${servers[b]!.id} both serve it and neither holds ${tenant}/${id}, acknowledged with w=2`;
+            }
+          }
+        }
+      }
+    }
+  }
+  return null;
+}
+
+test('a counter joins while a replica is behind: it serves a shard only once it holds what a write quorum acknowledged, so r=2 reads of the new placement miss nothing', () =>
+  withSeed('quorum-join', async (seed, rng) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 15 } });
+    try {
+      const pool = mesh.pools[0]!;
+      const tenants = Array.from({ length: 16 }, (_, i) => `j${i}`);
+      await fullyLinked(mesh, tenants);
+      // counter-3 falls behind: cut from both peers (not from the coordinator, nor from the newcomer)
+      const [c0, c1, c2] = mesh.counters as [SimCounter, SimCounter, SimCounter];
+      mesh.net.partition(c2.id, c0.id);
+      mesh.net.partition(c2.id, c1.id);
+      const acked = new Map<string, Set<string>>();
+      const violations: string[] = [];
+      const ops: Promise<void>[] = [];
+      let n = 0;
+      const write = (): void => {
+        const tenant = tenants[Math.floor(rng() * tenants.length)]!;
+        const items = [{ tenant, id: `i${n++}` }];
+        ops.push(
+          writeQuorum(pool.replicas(tenant), items, 2).then(
+            () => {
+              const ids = acked.get(tenant) ?? new Set<string>();
+              acked.set(tenant, ids);
+              for (const it of items) ids.add(it.id);
+            },
+            (err: unknown) => {
+              if (!(err instanceof NotEnoughReplicasError)) violations.push(`write failed with ${String(err)}`);
+            },
+          ),
+        );
+      };
+      const read = (): void => {
+        const tenant = tenants[Math.floor(rng() * tenants.length)]!;
+        const before = acked.get(tenant)?.size ?? 0;
+        ops.push(
+          readQuorum(pool.replicas(tenant), tenant, 2).then(
+            (count) => {
+              if (count < before) violations.push(`read ${count} of ${tenant} < ${before} acknowledged before it`);
+            },
+            (err: unknown) => {
+              if (!(err instanceof NotEnoughReplicasError)) violations.push(`read failed with ${String(err)}`);
+            },
+          ),
+        );
+      };
+      for (let i = 0; i < 60; i++) {
+        write();
+        await mesh.run(Math.floor(rng() * 10));
+      }
+      await mesh.settle(ops);
+      const behind = tenants.filter((t) => c2.counter!.count(t) < (acked.get(t)?.size ?? 0));
+      assert.ok(behind.length > 0, 'the cut-off counter is behind the acknowledged items');
+
+      const joined = mesh.counters[await mesh.addCounter()]!;
+      const newShards = () => mesh.placement()?.flatMap((ids, s) => (ids.includes(joined.id) ? [s] : [])) ?? [];
+      const servesItsShare = () => newShards().length > 0 && newShards().every((s) => joined.counter!.status().serving?.includes(s));
+      let gap: string | null = null;
+      const end = mesh.clock.now() + 30_000;
+      while (!servesItsShare() && mesh.clock.now() < end) {
+        if (rng() < 0.5) write();
+        else read();
+        await mesh.run(Math.floor(rng() * 10));
+        gap ??= quorumGap(mesh, acked, 8);
+      }
+      assert.ok(servesItsShare(), `${joined.id} serves every shard placed on it within 30 simulated s`);
+      await mesh.settle(ops);
+      assert.is(gap, null);
+      assert.equal(violations, []);
+      mesh.net.heal();
+      await mesh.until(() => mesh.placementProblem() === null, 30_000, 'every shard held by exactly its placed replicas after the heal');
     } finally {
       await mesh.close();
     }

@@ -333,6 +333,11 @@ export class Counter implements CounterApi {
     return shardOf(tenant, this.config.shards);
   }
 
+  /** Whether this counter counts the peer's acknowledgments for the shard: one of its replicas, serving it. */
+  servedBy(peerId: string, shard: number): boolean {
+    return this.keeper.servedBy(peerId, shard);
+  }
+
   count(tenant: string): number {
     return this.shards[this.shardOf(tenant)]?.gset.count(tenant) ?? 0;
   }
@@ -478,7 +483,8 @@ export class Counter implements CounterApi {
         if (peersNeeded > 0) toReplicate.push({ shard: shard.id, update });
       }
       if (toReplicate.length > 0) {
-        peerAcks = new PeerAcks(peersNeeded, waitMs, this.clock);
+        // only the shard's replicas that serve it count: the copies a reader's quorum will meet
+        peerAcks = new PeerAcks(peersNeeded, toReplicate.map((u) => u.shard), waitMs, this.clock, (peer, shard) => this.servedBy(peer, shard));
         this.gossip.replicate(toReplicate, peerAcks);
       }
       await Promise.all(stored);
@@ -491,8 +497,12 @@ export class Counter implements CounterApi {
     if (this.metrics) this.metrics.accepted(batch.reduce((n, b) => n + b.items.length, 0));
     for (const b of batch) if (b.acks < 2) b.resolve(1);
     if (peersNeeded === 0) return;
-    const counters = 1 + (peerAcks ? await peerAcks.done : 0);
-    for (const b of batch) if (b.acks >= 2) b.resolve(counters);
+    if (peerAcks) await peerAcks.done;
+    for (const b of batch) {
+      if (b.acks < 2) continue;
+      const shards = new Set(b.items.map((it) => this.shardOf(it.tenant)));
+      b.resolve(1 + (peerAcks?.acknowledged(shards) ?? 0));
+    }
   }
 
   /** Items by the shard holding them; a shard not held (moved away since the request came) fails the batch, unstored. */

@@ -52,7 +52,7 @@ interface Peer {
   /** Shards whose answer to the first step 1 has not come yet; null once all came. */
   unsynced: Set<number> | null;
   /** ShardReplicates sent on this socket whose Durables have not all come, by ack id. */
-  awaitingAcks: Map<number, { acks: PeerAcks; parts: number }>;
+  awaitingAcks: Map<number, { acks: PeerAcks; parts: number; shards: number[] }>;
   /** Per shard, the state vector of the peer's latest sync step 1: what it held then. */
   stateVectors: Map<number, Map<number, number>>;
 }
@@ -409,7 +409,7 @@ export class Gossip {
         if (--waiting.parts > 0) return;
         peer.awaitingAcks.delete(msg.ackId);
         if (peer.id === null) waiting.acks.lost();
-        else waiting.acks.ack(peer.id);
+        else waiting.acks.ack(peer.id, waiting.shards);
         return;
       }
       case MessageType.Awareness:
@@ -566,7 +566,7 @@ export class Gossip {
       }
       // the peer has the write once it acknowledged every shard of it that it holds
       const waiting = p.awaitingAcks;
-      waiting.set(ackId, { acks, parts: theirs.length });
+      waiting.set(ackId, { acks, parts: theirs.length, shards: theirs.map((f) => f.shard) });
       acks.sentOnLink(() => waiting.delete(ackId));
     }
     acks?.seal();

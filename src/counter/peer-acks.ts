@@ -2,31 +2,43 @@
  * The acknowledgments one replicated update collects: a write with w ≥ 2 is stored on its home
  * counter, sent to the peers as a Replicate, and each peer answers Durable once the update is on
  * its disk. Gossip reports every link it sent on and what became of it; the counter awaits `done`.
+ *
+ * Acknowledgments are counted per shard, and only from peers that `counts` accepts for the shard:
+ * the counter passes its replicas that serve it. A copy on a counter handing the shard off (about
+ * to delete it) or on one still catching up (not read by quorum reads yet) is not one of the `w`
+ * a reader's quorum is sure to meet; and in a write of several shards, a peer that holds one of
+ * them vouches for that one only.
  */
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 
 export class PeerAcks {
-  /** Resolves with the number of distinct peers that acknowledged (never rejects). */
-  readonly done: Promise<number>;
-  private readonly from = new Set<string>();
+  /** Resolves once every shard has `needed` acknowledgments, nothing more can come, or the wait ran out (never rejects). */
+  readonly done: Promise<void>;
+  /** Per shard of the write, the peers whose acknowledgment counts. */
+  private readonly from = new Map<number, Set<string>>();
   /** Links sent on whose answer has not come. */
   private awaiting = 0;
   private sealed = false;
   private settled = false;
-  private resolve!: (n: number) => void;
+  private resolve!: () => void;
   private readonly timer: TimerHandle;
   /** Drop the links' references to us once settled: an answer that comes later is then ignored. */
   private readonly forgets: (() => void)[] = [];
 
   /**
-   * @param needed distinct peers whose acknowledgment settles it at once.
+   * @param needed distinct peers per shard whose acknowledgments settle it at once.
+   * @param shards the shards the write touches.
    * @param waitMs how long to wait for them; then it settles with those that came.
+   * @param counts whether a peer's acknowledgment counts for a shard.
    */
   constructor(
     readonly needed: number,
+    shards: Iterable<number>,
     waitMs: number,
     private readonly clock: Clock,
+    private readonly counts: (peerId: string, shard: number) => boolean = () => true,
   ) {
+    for (const s of shards) this.from.set(s, new Set());
     this.done = new Promise((resolve) => {
       this.resolve = resolve;
     });
@@ -45,9 +57,10 @@ export class PeerAcks {
     this.check();
   }
 
-  ack(peerId: string): void {
+  /** The peer has the shards it was sent on disk. */
+  ack(peerId: string, shards: readonly number[]): void {
     this.awaiting--;
-    this.from.add(peerId);
+    for (const s of shards) if (this.counts(peerId, s)) this.from.get(s)?.add(peerId);
     this.check();
   }
 
@@ -57,8 +70,15 @@ export class PeerAcks {
     this.check();
   }
 
+  /** The fewest counted acknowledgments among `shards` (the shards of one request of the write). */
+  acknowledged(shards: Iterable<number>): number {
+    let least = Number.POSITIVE_INFINITY;
+    for (const s of shards) least = Math.min(least, this.from.get(s)?.size ?? 0);
+    return least === Number.POSITIVE_INFINITY ? 0 : least;
+  }
+
   private check(): void {
-    if (this.from.size >= this.needed || (this.sealed && this.awaiting === 0)) this.settle();
+    if ((this.sealed && this.awaiting === 0) || this.acknowledged(this.from.keys()) >= this.needed) this.settle();
   }
 
   private settle(): void {
@@ -66,6 +86,6 @@ export class PeerAcks {
     this.settled = true;
     this.clock.clear(this.timer);
     for (const forget of this.forgets) forget();
-    this.resolve(this.from.size);
+    this.resolve();
   }
 }

@@ -4,7 +4,8 @@
  * with what is held here and acts, one step at a time, so that no shard ever loses its last copy:
  *
  * - placed here, not held: the shard is created **catching up** (held, fed by gossip, not served)
- *   and pulled from a peer that serves it; it is served once that peer's whole state is applied.
+ *   and pulled from the peers that serve it; it is served once a majority of the replication
+ *   factor of them (or all there may be, if fewer) had their whole state applied here.
  *   A shard nobody holds yet (a new mesh) is served at once, but only when every member is alive
  *   and announces its shards: a member that is down may hold it.
  * - held, not placed here (a member joined, or this counter was removed): the shard is **handed
@@ -17,6 +18,7 @@
  */
 import type { Logger } from 'pino';
 import { placeShards } from '../shared/placement.ts';
+import { levelSize } from '../shared/levels.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { Membership } from './membership.ts';
 import type { PeerShards } from './gossip.ts';
@@ -97,6 +99,16 @@ export class ShardKeeper {
 
   isPlacedHere(shard: number): boolean {
     return this.replicas(shard).includes(this.selfId);
+  }
+
+  /**
+   * The peer is one of the shard's replicas and serves it, as far as this counter knows. Before
+   * the member list is known, every peer holding the shard is (nothing is placed yet).
+   */
+  servedBy(peerId: string, shard: number): boolean {
+    const replicas = this.replicas(shard);
+    if (replicas.length === 0) return true;
+    return replicas.includes(peerId) && this.mesh.peerShards(peerId)?.serving.has(shard) === true;
   }
 
   /** False for a shard handed off to replicas that serve it already (see `draining`). */
@@ -209,24 +221,46 @@ export class ShardKeeper {
     return true;
   }
 
-  /** Asks one linked peer that serves the shard for its whole state (placed replicas first). */
+  /**
+   * Asks every linked peer that serves the shard for its whole state, and serves the shard once
+   * enough of them answered (`sourcesNeeded`). One source is not enough: an item acknowledged
+   * with w = quorum is on a majority of the old replicas, and the one asked may be among the
+   * others (behind after a partition); the new replica would then serve without it, and a quorum
+   * read of the new placement could miss it. Any majority of the old replicas holds it.
+   */
   private pull(shard: number): void {
     if (this.pulling.has(shard)) return;
-    const linked = this.mesh.linkedPeers();
-    const serving = (id: string) => linked.has(id) && this.mesh.peerShards(id)?.serving.has(shard) === true;
-    const from = this.replicas(shard).find((id) => id !== this.selfId && serving(id)) ?? [...linked].find(serving);
-    if (!from) return;
+    const sources = [...this.mesh.linkedPeers()].filter((id) => this.mesh.peerShards(id)?.serving.has(shard) === true);
+    const needed = this.sourcesNeeded(shard);
+    if (sources.length === 0 || sources.length < needed) return;
     this.pulling.add(shard);
-    this.mesh
-      .syncShard(from, shard)
-      .then(async (ok) => {
-        if (!ok || this.closed || this.host.state(shard) !== 'catching-up') return;
+    Promise.all(sources.map((id) => this.mesh.syncShard(id, shard)))
+      .then(async (answers) => {
+        const from = sources.filter((_, i) => answers[i]);
+        if (from.length < needed || this.closed || this.host.state(shard) !== 'catching-up') return;
         await this.host.serve(shard);
         this.log.info({ shard, from }, 'shard caught up; serving it');
         this.host.changed();
       })
       .catch((err: Error) => this.log.error({ err, shard }, 'could not serve a caught-up shard; retrying'))
       .finally(() => this.pulling.delete(shard));
+  }
+
+  /**
+   * How many serving peers a catch-up must have pulled from: a majority of the replication
+   * factor (every quorum write is on one of them), but no more than the members that may serve
+   * the shard: those alive that announce serving it, and placed members that are down (they may
+   * hold it; the catch-up then waits for them or for their removal). Removed members do not
+   * count: what only they hold is gone with them, or reaches here when they are among the sources.
+   */
+  private sourcesNeeded(shard: number): number {
+    const alive = this.mesh.aliveIds();
+    let may = 0;
+    for (const id of alive) {
+      if (id !== this.selfId && !this.membership.isRemoved(id) && this.mesh.peerShards(id)?.serving.has(shard) === true) may++;
+    }
+    for (const id of this.membership.placed()) if (id !== this.selfId && !alive.has(id)) may++;
+    return Math.min(levelSize('quorum', this.factor), may);
   }
 
   /** Every replica the shard is placed on is linked and serves it. */
