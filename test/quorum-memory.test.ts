@@ -20,7 +20,7 @@ import * as Y from 'yjs';
 import { MemoryDisk, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
-import { MessageType, readMessage, type Item } from '../src/protocol/messages.ts';
+import { MessageType, readMessage, writeStatus, type Item } from '../src/protocol/messages.ts';
 import { GSet, STORAGE } from '../src/counter/gset.ts';
 import { decodeJournal } from '../src/counter/journal.ts';
 
@@ -255,54 +255,80 @@ test('w=2 with peers that cannot acknowledge: NotEnoughReplicasError saying how 
     }
   }));
 
-test('tallies: one batch in flight per link; reads started meanwhile leave together and each gets its own count', () =>
-  withSeed('quorum-batches', async (seed) => {
-    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 5, maxDelayMs: 10 } });
-    try {
-      const pool = mesh.pools[0]!;
-      const tenants = Array.from({ length: 10 }, (_, i) => `t${i}`);
-      await fullyLinked(mesh, tenants);
-      // tenant t<i> holds i + 1 items, stored on w=3 so every replica counts them
-      await mesh.settle(tenants.map((t, i) => writeQuorum(pool.replicas(t), Array.from({ length: i + 1 }, (_, k) => ({ tenant: t, id: `x${k}` })), 3)));
-      // per link (coordinator > counter): when each unanswered tally was sent
-      const outstanding = new Map<string, number[]>();
-      const violations: string[] = [];
-      const batchSizes = new Map<string, number>();
-      const carry = mesh.net.carry.bind(mesh.net);
-      mesh.net.carry = (from, frame) => {
-        const now = mesh.clock.now();
-        if (frame[0] === MessageType.Tally) {
-          const link = `${from.self}>${from.other}`;
-          const sentAt = outstanding.get(link) ?? [];
-          if (sentAt.some((t) => t < now)) violations.push(`${link}: a tally sent at ${now} while one sent at ${sentAt[0]} was unanswered`);
-          sentAt.push(now);
-          outstanding.set(link, sentAt);
-          batchSizes.set(`${link}@${now}`, (batchSizes.get(`${link}@${now}`) ?? 0) + 1);
-        } else if (frame[0] === MessageType.Tallied) {
-          outstanding.get(`${from.other}>${from.self}`)?.shift();
+for (const older of [false, true]) {
+  const how = older ? 'counters of a version before TallyBatch: one Tally frame each, corked together' : 'one TallyBatch frame per batch';
+  test(`tallies: one batch in flight per link; reads started meanwhile leave together and each gets its own count (${how})`, () =>
+    withSeed(older ? 'quorum-batches-older' : 'quorum-batches', async (seed) => {
+      const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 5, maxDelayMs: 10 } });
+      try {
+        const pool = mesh.pools[0]!;
+        const tenants = Array.from({ length: 10 }, (_, i) => `t${i}`);
+        const carry = mesh.net.carry.bind(mesh.net);
+        if (older) {
+          // the counters' statuses lose the field that says they answer TallyBatch
+          mesh.net.carry = (from, frame) => {
+            const m = frame[0] === MessageType.Status ? readMessage(frame) : null;
+            if (m?.type !== MessageType.Status) return carry(from, frame);
+            const { tallyBatch: _, ...status } = m.status;
+            carry(from, writeStatus(status));
+          };
         }
-        carry(from, frame);
-      };
-      // one read now, nine more one simulated millisecond apart while its tallies are on the wire
-      const reads: Promise<number>[] = [readQuorum(pool.replicas(tenants[0]!), tenants[0]!, 2)];
-      const started = new Promise<void>((resolve) => {
-        for (let i = 1; i < tenants.length; i++) {
-          mesh.clock.push(() => {
-            reads.push(readQuorum(pool.replicas(tenants[i]!), tenants[i]!, 2));
-            if (reads.length === tenants.length) resolve();
-          }, i);
+        const delivered = older ? mesh.net.carry : carry;
+        await fullyLinked(mesh, tenants);
+        // tenant t<i> holds i + 1 items, stored on w=3 so every replica counts them
+        await mesh.settle(tenants.map((t, i) => writeQuorum(pool.replicas(t), Array.from({ length: i + 1 }, (_, k) => ({ tenant: t, id: `x${k}` })), 3)));
+        // per link (coordinator > counter): when each unanswered tally frame was sent
+        const outstanding = new Map<string, number[]>();
+        const violations: string[] = [];
+        // per link and moment: tallies and frames sent
+        const batchSizes = new Map<string, number>();
+        const framesAt = new Map<string, number>();
+        let batchFrames = 0;
+        mesh.net.carry = (from, frame) => {
+          const now = mesh.clock.now();
+          if (frame[0] === MessageType.Tally || frame[0] === MessageType.TallyBatch) {
+            const m = readMessage(frame);
+            const link = `${from.self}>${from.other}`;
+            const sentAt = outstanding.get(link) ?? [];
+            if (sentAt.some((t) => t < now)) violations.push(`${link}: tallies sent at ${now} while some sent at ${sentAt[0]} were unanswered`);
+            sentAt.push(now);
+            outstanding.set(link, sentAt);
+            const key = `${link}@${now}`;
+            batchSizes.set(key, (batchSizes.get(key) ?? 0) + (m.type === MessageType.TallyBatch ? m.tenants.length : 1));
+            framesAt.set(key, (framesAt.get(key) ?? 0) + 1);
+            if (m.type === MessageType.TallyBatch) batchFrames++;
+          } else if (frame[0] === MessageType.Tallied || frame[0] === MessageType.TalliedBatch) {
+            outstanding.get(`${from.other}>${from.self}`)?.shift();
+          }
+          delivered(from, frame);
+        };
+        // one read now, nine more one simulated millisecond apart while its tallies are on the wire
+        const reads: Promise<number>[] = [readQuorum(pool.replicas(tenants[0]!), tenants[0]!, 2)];
+        const started = new Promise<void>((resolve) => {
+          for (let i = 1; i < tenants.length; i++) {
+            mesh.clock.push(() => {
+              reads.push(readQuorum(pool.replicas(tenants[i]!), tenants[i]!, 2));
+              if (reads.length === tenants.length) resolve();
+            }, i);
+          }
+        });
+        await mesh.settle([started]);
+        const counts = await mesh.settle(reads);
+        assert.equal(counts, tenants.map((_, i) => i + 1), 'each read has its own tenant\'s count');
+        assert.equal(violations, []);
+        assert.ok(Math.max(...batchSizes.values()) >= 2, `reads started while a batch was out left together (batches: ${[...batchSizes.values()].join(',')})`);
+        if (older) {
+          assert.is(batchFrames, 0, 'no TallyBatch to a counter that does not announce it');
+        } else {
+          assert.ok(batchFrames > 0, 'batches left as TallyBatch frames');
+          assert.ok([...framesAt.values()].every((n) => n === 1), `each batch is one frame (frames per batch: ${[...framesAt.values()].join(',')})`);
         }
-      });
-      await mesh.settle([started]);
-      const counts = await mesh.settle(reads);
-      assert.equal(counts, tenants.map((_, i) => i + 1), 'each read has its own tenant\'s count');
-      assert.equal(violations, []);
-      assert.ok(Math.max(...batchSizes.values()) >= 2, `reads started while a batch was out left together (batches: ${[...batchSizes.values()].join(',')})`);
-      mesh.net.carry = carry;
-    } finally {
-      await mesh.close();
-    }
-  }));
+        mesh.net.carry = carry;
+      } finally {
+        await mesh.close();
+      }
+    }));
+}
 
 test('reads queued behind a tally batch that times out fail over at once, not after a second timeout', () =>
   withSeed('quorum-failover', async (seed) => {
@@ -315,7 +341,7 @@ test('reads queued behind a tally batch that times out fail over at once, not af
       const silent = pool.replicas('t')[0]!.id;
       const carry = mesh.net.carry.bind(mesh.net);
       mesh.net.carry = (from, frame) => {
-        if (frame[0] === MessageType.Tally && from.other === silent) return;
+        if ((frame[0] === MessageType.Tally || frame[0] === MessageType.TallyBatch) && from.other === silent) return;
         carry(from, frame);
       };
       const t0 = mesh.clock.now();

@@ -19,7 +19,7 @@ import { levelSize, parseLevel } from '../src/shared/levels.ts';
 import { mulberry32, pick, sample } from './support/prng.ts';
 
 const SEED = Number(process.env.SEED ?? Date.now() % 100_000);
-import { MAX_ACKS, MAX_TALLY_PEERS, MessageType, ProtocolError, ReplyStatus, readMessage, writeAdd, writeDurable, writeReplicate, writeReply, writeTallied, writeTally, type Item } from '../src/protocol/messages.ts';
+import { MAX_ACKS, MAX_TALLY_BATCH, MAX_TALLY_PEERS, MessageType, ProtocolError, ReplyStatus, readMessage, writeAdd, writeDurable, writeReplicate, writeReply, writeTallied, writeTalliedBatch, writeTally, writeTallyBatch, type Item } from '../src/protocol/messages.ts';
 
 /**
  * A replica in memory: `down` makes it answer unavailable, `hold` keeps its adds pending until
@@ -161,6 +161,21 @@ test('protocol: tally and tallied round-trip; too many peers and trailing bytes 
   assert.throws(() => readMessage(writeTally(1, 't', many)), (e: Error) => e instanceof ProtocolError && /names 65 peers/.test(e.message));
   const frame = writeTallied(1, 2, 3);
   assert.throws(() => readMessage(Uint8Array.from([...frame, 0])), /trailing bytes/);
+});
+
+test('protocol: tally batch and its answers round-trip; an empty or oversized batch, an unknown answer kind and trailing bytes are protocol errors', () => {
+  assert.equal(readMessage(writeTallyBatch(5, ['acme', 'globex'])), { type: MessageType.TallyBatch, reqId: 5, tenants: ['acme', 'globex'] });
+  const tallies = [{ count: 3, digest: 2 ** 53 - 1 }, { refused: 'counter c2 does not serve shard 7' }, { count: 0, digest: 0 }];
+  assert.equal(readMessage(writeTalliedBatch(6, tallies)), { type: MessageType.TalliedBatch, reqId: 6, tallies });
+  assert.throws(() => readMessage(writeTallyBatch(1, [])), (e: Error) => e instanceof ProtocolError && /tally batch of 0 tenants/.test(e.message));
+  const tooMany = Array.from({ length: MAX_TALLY_BATCH + 1 }, (_, i) => `t${i}`);
+  assert.throws(() => readMessage(writeTallyBatch(1, tooMany)), (e: Error) => e instanceof ProtocolError && /tally batch of 1025 tenants/.test(e.message));
+  const answer = writeTalliedBatch(1, [{ count: 1, digest: 1 }]);
+  // the answer's kind byte follows type, req-id and length (one byte each here)
+  const badKind = Uint8Array.from(answer);
+  badKind[3] = 7;
+  assert.throws(() => readMessage(badKind), (e: Error) => e instanceof ProtocolError && /unknown tally answer kind 7/.test(e.message));
+  assert.throws(() => readMessage(Uint8Array.from([...answer, 0])), /trailing bytes/);
 });
 
 test('protocol: an add asks for acknowledgments only when it needs more than one; replicate, durable and the short reply round-trip', () => {

@@ -382,6 +382,7 @@ export class Counter implements CounterApi {
       serving,
       held,
       lag: this.metrics?.lagByPeer(),
+      tallyBatch: true,
     };
   }
 

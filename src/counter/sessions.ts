@@ -4,7 +4,7 @@
  * and the counts of watched tenants pushed as they change (see CountWatches).
  */
 import type { Logger } from 'pino';
-import { CloseCode, MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, type Message, type Status } from '../protocol/messages.ts';
+import { CloseCode, MessageType, NOT_WATCHED, ProtocolError, ReplyStatus, writeHello, writeReply, writeStatus, writeTallied, writeTalliedBatch, type BatchTally, type Message, type Status } from '../protocol/messages.ts';
 import { CountWatches } from './count-watches.ts';
 import type { MeshSocket } from '../protocol/mesh-socket.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
@@ -197,6 +197,19 @@ export class CoordinatorSessions {
           this.log.debug({ err: err.message, tenant }, 'read repair could not pull from a peer');
           sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, err.message));
         });
+        return;
+      }
+      case MessageType.TallyBatch: {
+        const { reqId, tenants } = msg;
+        if (!this.counter.ready) {
+          sock.send(writeReply(reqId, ReplyStatus.Unavailable, 0, 'counter is not ready'));
+          return;
+        }
+        const tallies: BatchTally[] = tenants.map((tenant) => {
+          const refusal = this.counter.refusal(tenant);
+          return refusal ? { refused: refusal } : { count: this.counter.count(tenant), digest: this.counter.digest(tenant) };
+        });
+        sock.send(writeTalliedBatch(reqId, tallies));
         return;
       }
       case MessageType.Remove: {

@@ -70,6 +70,13 @@ export const MessageType = {
    * past MAX_MESSAGE_BYTES); the receiver joins the pieces and reads the whole as one message.
    */
   Part: 19,
+  /**
+   * Coordinator → counter: several tenants' Tallies in one frame (quorum reads that arrived
+   * together), none with peers to pull from. Sent only to counters whose Status has `tallyBatch`.
+   */
+  TallyBatch: 20,
+  /** Counter → coordinator: the answers to a TallyBatch, one per tenant in its order (a failed batch is answered with Reply). */
+  TalliedBatch: 21,
 } as const;
 export type MessageTypeNumber = (typeof MessageType)[keyof typeof MessageType];
 
@@ -145,7 +152,12 @@ export interface Status {
    * vector lacked (0 when it lacked nothing). Absent when the counter runs with METRICS=off.
    */
   lag?: Record<string, number>;
+  /** The counter answers TallyBatch (versions before it close the connection on one). */
+  tallyBatch?: boolean;
 }
+
+/** One answer of a TalliedBatch: the tenant's count and digest, or why this counter cannot tell (its shard is not served here). */
+export type BatchTally = { count: number; digest: number } | { refused: string };
 
 export type Message =
   | { type: typeof MessageType.Sync; decoder: decoding.Decoder }
@@ -167,7 +179,9 @@ export type Message =
   | { type: typeof MessageType.Remove; reqId: number; nodeId: string }
   | { type: typeof MessageType.MembersSync; decoder: decoding.Decoder }
   | { type: typeof MessageType.NotHeld; shard: number }
-  | { type: typeof MessageType.Part; index: number; count: number; bytes: Uint8Array };
+  | { type: typeof MessageType.Part; index: number; count: number; bytes: Uint8Array }
+  | { type: typeof MessageType.TallyBatch; reqId: number; tenants: string[] }
+  | { type: typeof MessageType.TalliedBatch; reqId: number; tallies: BatchTally[] };
 
 export interface TenantCount {
   tenant: string;
@@ -319,6 +333,34 @@ export function writeTallied(reqId: number, count: number, digest: number): Uint
   });
 }
 
+/** Most tenants one TallyBatch carries; more queued reads leave in several. */
+export const MAX_TALLY_BATCH = 1024;
+
+export function writeTallyBatch(reqId: number, tenants: readonly string[]): Uint8Array {
+  return frame(MessageType.TallyBatch, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarUint(e, tenants.length);
+    for (const t of tenants) encoding.writeVarString(e, t);
+  });
+}
+
+export function writeTalliedBatch(reqId: number, tallies: readonly BatchTally[]): Uint8Array {
+  return frame(MessageType.TalliedBatch, (e) => {
+    encoding.writeVarUint(e, reqId);
+    encoding.writeVarUint(e, tallies.length);
+    for (const t of tallies) {
+      if ('refused' in t) {
+        encoding.writeUint8(e, 1);
+        encoding.writeVarString(e, t.refused);
+      } else {
+        encoding.writeUint8(e, 0);
+        encoding.writeVarUint(e, t.count);
+        encoding.writeVarUint(e, t.digest);
+      }
+    }
+  });
+}
+
 /** The reply message of a Watch answered with the count but not watched (the session watches too many tenants). */
 export const NOT_WATCHED = 'not watched';
 
@@ -382,7 +424,8 @@ function parseStatus(json: string): Status {
     (o.lag !== undefined && !isLagMap(o.lag)) ||
     (o.shards !== undefined && !(Number.isInteger(o.shards) && o.shards >= 1 && o.shards <= MAX_SHARDS)) ||
     (o.factor !== undefined && !(Number.isInteger(o.factor) && o.factor >= 1)) ||
-    !optionalIds(o.placed) || !optionalIds(o.removed) || !optionalShards(o.serving) || !optionalShards(o.held)
+    !optionalIds(o.placed) || !optionalIds(o.removed) || !optionalShards(o.serving) || !optionalShards(o.held) ||
+    (o.tallyBatch !== undefined && typeof o.tallyBatch !== 'boolean')
   ) {
     throw new ProtocolError('malformed status');
   }
@@ -441,6 +484,29 @@ export function readMessage(data: Uint8Array): Message {
       const count = decoding.readVarUint(d);
       if (count < 2 || index >= count) throw new ProtocolError(`part ${index} of ${count}`);
       msg = { type, index, count, bytes: decoding.readVarUint8Array(d) };
+      break;
+    }
+    case MessageType.TallyBatch: {
+      const reqId = decoding.readVarUint(d);
+      const n = readListLength(d, 'tally batch');
+      if (n === 0 || n > MAX_TALLY_BATCH) throw new ProtocolError(`tally batch of ${n} tenants (1 to ${MAX_TALLY_BATCH})`);
+      const tenants: string[] = new Array(n);
+      for (let i = 0; i < n; i++) tenants[i] = readBoundedString(d, 'tenant');
+      msg = { type, reqId, tenants };
+      break;
+    }
+    case MessageType.TalliedBatch: {
+      const reqId = decoding.readVarUint(d);
+      const n = readListLength(d, 'tallied batch');
+      if (n > MAX_TALLY_BATCH) throw new ProtocolError(`tallied batch of ${n} answers (at most ${MAX_TALLY_BATCH})`);
+      const tallies: BatchTally[] = new Array(n);
+      for (let i = 0; i < n; i++) {
+        const kind = decoding.readUint8(d);
+        if (kind === 0) tallies[i] = { count: decoding.readVarUint(d), digest: decoding.readVarUint(d) };
+        else if (kind === 1) tallies[i] = { refused: readBoundedString(d, 'refusal', 4096) };
+        else throw new ProtocolError(`unknown tally answer kind ${kind}`);
+      }
+      msg = { type, reqId, tallies };
       break;
     }
     case MessageType.Remove:
