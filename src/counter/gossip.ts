@@ -538,11 +538,16 @@ export class Gossip {
    */
   private forward(origin: Origin, byShard: Map<number, Uint8Array[]>, acks: PeerAcks | null = null): void {
     const ackId = acks ? this.takeAckId() : 0;
-    const frames: { shard: number; frame: Uint8Array }[] = [];
-    for (const [shard, updates] of byShard) {
-      const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
-      frames.push({ shard, frame: acks ? writeShardReplicate(ackId, shard, merged) : writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)) });
-    }
+    // merged and framed on first use: a peer's update forwarded here often has no peer left to go
+    // to (the sender reaches them all), and merging a window's updates costs more than the rest
+    const frames: { shard: number; updates: Uint8Array[]; frame: Uint8Array | null }[] = [];
+    for (const [shard, updates] of byShard) frames.push({ shard, updates, frame: null });
+    const frameOf = (f: (typeof frames)[number]): Uint8Array => {
+      if (f.frame) return f.frame;
+      const merged = f.updates.length === 1 ? f.updates[0]! : Y.mergeUpdates(f.updates);
+      f.frame = acks ? writeShardReplicate(ackId, f.shard, merged) : writeShardSync(f.shard, (e) => syncProtocol.writeUpdate(e, merged));
+      return f.frame;
+    };
     // two counters that dialed each other share two sockets; one copy per peer is enough
     const sentTo = new Set<string>();
     const from = origin.kind === 'peer' ? origin.peerId : null;
@@ -555,14 +560,14 @@ export class Gossip {
       const theirs = frames.filter((f) => this.holds(p, f.shard));
       if (theirs.length === 0) continue;
       if (!acks) {
-        for (const f of theirs) p.sock.send(f.frame);
+        for (const f of theirs) p.sock.send(frameOf(f));
         continue;
       }
       // a write is waiting: the frames leave now, but in one write (a socket write costs more
       // here than the rest of a small replicated write)
       for (const [i, f] of theirs.entries()) {
-        if (i < theirs.length - 1) p.sock.send(f.frame);
-        else p.sock.sendNow(f.frame);
+        if (i < theirs.length - 1) p.sock.send(frameOf(f));
+        else p.sock.sendNow(frameOf(f));
       }
       // the peer has the write once it acknowledged every shard of it that it holds
       const waiting = p.awaitingAcks;
