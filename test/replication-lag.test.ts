@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as Y from 'yjs';
-import { ReplicationLag } from '../src/counter/replication-lag.ts';
+import { ReplicationLag, ShardLags } from '../src/counter/replication-lag.ts';
 import { systemClock } from '../src/shared/clock.ts';
 import { RateHistory } from '../src/coordinator/rates.ts';
 import { lagBehind } from '../src/coordinator/replication-lag.ts';
@@ -71,6 +71,39 @@ test('steady writes are not lag: what came after the state vector left does not 
   write('b'); // after the peer's state vector arrived
   assert.is(lag.lagSeconds('p'), 0);
   lag.close();
+});
+
+test('ShardLags: a peer that handed a shard off, and a shard handed off here, stop counting; a peer that is down still does', () => {
+  const clock = { t: 1_000_000 };
+  const now = { ...systemClock, now: () => clock.t };
+  const docs = new Map([0, 1].map((s) => [s, new Y.Doc()]));
+  const held = new Map([['p', new Set([0, 1])], ['q', new Set([0])]]);
+  const lags = new ShardLags((s) => docs.get(s), STALE_MS, now, (peer, s) => held.get(peer)?.has(s) ?? true);
+  try {
+    const write = (s: number) => docs.get(s)!.getText('t').insert(0, 'x');
+    write(0);
+    write(1);
+    // both peers lack everything, as of now
+    lags.peerStateVector('p', 0, new Map(), 10);
+    lags.peerStateVector('p', 1, new Map(), 20);
+    lags.peerStateVector('q', 0, new Map(), 30);
+    clock.t += STALE_MS + 1000;
+    write(1);
+    assert.is(lags.missingBytes('p'), 30);
+    assert.ok(lags.lagSeconds('p') > STALE_MS / 1000, 'overdue: measured against now');
+    // p hands shard 1 off (its announcement no longer has it): only shard 0 counts for p
+    held.get('p')!.delete(1);
+    assert.is(lags.missingBytes('p'), 10);
+    // this counter hands shard 0 off: nothing of it counts for anyone, not even q (down, unknown)
+    held.delete('q');
+    assert.ok(lags.lagSeconds('q') > 0, 'q, whose shards are unknown now (down), is still measured');
+    docs.delete(0);
+    assert.is(lags.lagSeconds('q'), 0);
+    assert.is(lags.missingBytes('p'), 0);
+    assert.equal([...lags.peerIds()], []);
+  } finally {
+    lags.close();
+  }
 });
 
 test('lagBehind: the worst report about a counter from the others; null when none reports', () => {

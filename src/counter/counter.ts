@@ -341,6 +341,12 @@ export class Counter implements CounterApi {
     return shardOf(tenant, this.config.shards);
   }
 
+  /** False once the peer is known not to hold the shard: it announces its shards without it, or it was removed and announces none. */
+  peerHolds(peerId: string, shard: number): boolean {
+    const theirs = this.gossip.peerShards(peerId);
+    return theirs ? theirs.held.has(shard) : !this.membership.isRemoved(peerId);
+  }
+
   /** Whether this counter counts the peer's acknowledgments for the shard: one of its replicas, serving it. */
   servedBy(peerId: string, shard: number): boolean {
     return this.keeper.servedBy(peerId, shard);

@@ -21,6 +21,8 @@ export interface CounterSources {
   readonly tenants: number;
   /** The document of a shard held here, if it is. */
   shardDoc(shard: number): Y.Doc | undefined;
+  /** False once the peer is known not to hold the shard (see ShardLags). */
+  peerHolds(peerId: string, shard: number): boolean;
 }
 
 export interface CounterReaders {
@@ -146,7 +148,7 @@ export class CounterMetrics {
   /** Starts reading from the counter. */
   attach(counter: CounterSources, read: CounterReaders): void {
     // one missed state vector is not yet a reason to measure against now
-    const lag = new ShardLags((shard) => counter.shardDoc(shard), 2 * this.antiEntropyMs + 500, this.clock);
+    const lag = new ShardLags((shard) => counter.shardDoc(shard), 2 * this.antiEntropyMs + 500, this.clock, (peer, shard) => counter.peerHolds(peer, shard));
     const clock = this.clock;
     this.lag = lag;
     const registry = this.registry;

@@ -68,6 +68,16 @@ export class ReplicationLag {
     this.peers.set(peerId, { sv, at: this.clock.now(), missingBytes });
   }
 
+  /** Forgets a peer (it no longer holds the document's shard): it is nobody's lag here now. */
+  forget(peerId: string): void {
+    this.peers.delete(peerId);
+  }
+
+  /** Whether this measures `doc` (a shard dropped and held again has a new document). */
+  measures(doc: Y.Doc): boolean {
+    return this.doc === doc;
+  }
+
   /** Peers a state vector was received from, ever (a peer that went down keeps its last one). */
   peerIds(): IterableIterator<string> {
     return this.peers.keys();
@@ -127,16 +137,23 @@ export class ReplicationLag {
 /**
  * Replication lag over every shard a counter holds: one ReplicationLag per shard, created when a
  * peer first sends that shard's state vector, all sampled on one timer. A peer's lag is its worst
- * shard's age and the sum of the bytes it lacks.
+ * shard's age and the sum of the bytes it lacks. Shards move: a shard no longer held here, and a
+ * peer that no longer holds a shard (`peerHolds` false), are dropped before every reading; else
+ * a peer that handed a shard off would look further behind with every write to it.
  */
 export class ShardLags {
   private readonly shards = new Map<number, ReplicationLag>();
   private readonly timer: TimerHandle;
 
+  /**
+   * @param peerHolds false once the peer is known not to hold the shard (its announcement lacks
+   *   it); true while it may (a peer that is down is measured until it is removed)
+   */
   constructor(
     private readonly docOf: (shard: number) => Y.Doc | undefined,
     private readonly staleAfterMs: number,
     private readonly clock: Clock = systemClock,
+    private readonly peerHolds: (peerId: string, shard: number) => boolean = () => true,
   ) {
     this.timer = clock.setInterval(() => {
       for (const lag of this.shards.values()) lag.sample();
@@ -160,19 +177,34 @@ export class ShardLags {
     this.shards.delete(shard);
   }
 
+  /** Drops the shards no longer held here and the peers that no longer hold a shard. */
+  private prune(): void {
+    for (const [shard, lag] of this.shards) {
+      const doc = this.docOf(shard);
+      if (!doc || !lag.measures(doc)) {
+        this.dropShard(shard);
+        continue;
+      }
+      for (const id of [...lag.peerIds()]) if (!this.peerHolds(id, shard)) lag.forget(id);
+    }
+  }
+
   peerIds(): Set<string> {
+    this.prune();
     const ids = new Set<string>();
     for (const lag of this.shards.values()) for (const id of lag.peerIds()) ids.add(id);
     return ids;
   }
 
   missingBytes(peerId: string): number {
+    this.prune();
     let n = 0;
     for (const lag of this.shards.values()) n += lag.missingBytes(peerId);
     return n;
   }
 
   lagSeconds(peerId: string, now = this.clock.now()): number {
+    this.prune();
     let worst = 0;
     for (const lag of this.shards.values()) worst = Math.max(worst, lag.lagSeconds(peerId, now));
     return worst;
