@@ -16,8 +16,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import pino from 'pino';
-import * as Y from 'yjs';
-import { MemoryDisk, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
+import { idsInShard, MemoryDisk, MemoryMesh, type SimCounter } from './support/memory-mesh.ts';
 import { withSeed } from './support/sim.ts';
 import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordinator/quorum.ts';
 import { MessageType, readMessage, writeStatus, type Item } from '../src/protocol/messages.ts';
@@ -368,22 +367,6 @@ test('reads queued behind a tally batch that times out fail over at once, not af
     }
   }));
 
-/** Per tenant, the ids counter `c` holds in `shard` (read from its document); empty when it does not hold the shard. */
-function idsIn(c: SimCounter, shard: number): Map<string, Set<string>> {
-  const out = new Map<string, Set<string>>();
-  const doc = c.counter?.shardDoc(shard);
-  if (!doc) return out;
-  const g = new GSet(silent);
-  g.applyUpdates([Y.encodeStateAsUpdate(doc)], STORAGE);
-  for (const it of g.items()) {
-    const ids = out.get(it.tenant) ?? new Set<string>();
-    out.set(it.tenant, ids);
-    ids.add(it.id);
-  }
-  g.close();
-  return out;
-}
-
 /**
  * The guarantee behind r=2 of 3, read off the counters' documents: for every shard, every two of
  * its placed replicas that serve it hold together every item acknowledged so far. Null when that
@@ -394,7 +377,7 @@ function quorumGap(mesh: MemoryMesh, acked: ReadonlyMap<string, ReadonlySet<stri
   if (!placement) return null;
   for (let s = 0; s < shards; s++) {
     const servers = mesh.counters.filter((c) => placement[s]!.includes(c.id) && c.counter?.status().serving?.includes(s));
-    const held = servers.map((c) => idsIn(c, s));
+    const held = servers.map((c) => idsInShard(c.counter, s));
     for (let a = 0; a < servers.length; a++) {
       for (let b = a + 1; b < servers.length; b++) {
         for (const [tenant, ids] of acked) {

@@ -13,6 +13,8 @@ import type { Item } from '../../src/protocol/messages.ts';
 import { SimClock, SimNetwork, NO_FAULTS, type NetworkFaults } from './sim.ts';
 import { placeShards } from '../../src/shared/placement.ts';
 import { mulberry32, type Rng } from './prng.ts';
+import * as Y from 'yjs';
+import { GSet, STORAGE } from '../../src/counter/gset.ts';
 
 /** Settings that keep simulated runs short; the simulated time is cheap, but every beat is a message. */
 const TIMING = { HEARTBEAT_MS: '500', ANTI_ENTROPY_MS: '1000', RECONNECT_MAX_MS: '500', GOSSIP_DELAY_MS: '20', COUNTER_TIMEOUT_MS: '1000' };
@@ -442,4 +444,23 @@ function setOf(map: Map<string, Set<string>>, key: string): Set<string> {
  */
 function drain(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * The ids a counter's document of `shard` holds, per tenant (empty when it does not hold the
+ * shard): read from the document itself, not inferred from counts.
+ */
+export function idsInShard(counter: Counter | null, shard: number): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  const doc = counter?.shardDoc(shard);
+  if (!doc) return out;
+  const g = new GSet(pino({ level: 'silent' }));
+  g.applyUpdates([Y.encodeStateAsUpdate(doc)], STORAGE);
+  for (const it of g.items()) {
+    const ids = out.get(it.tenant) ?? new Set<string>();
+    out.set(it.tenant, ids);
+    ids.add(it.id);
+  }
+  g.close();
+  return out;
 }
