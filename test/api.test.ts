@@ -44,6 +44,11 @@ class FakePool implements PoolApi {
   replicas() {
     return [];
   }
+  /** What removeCounter throws next (null: it succeeds). */
+  removal: NoCounterAvailableError | null = null;
+  async removeCounter(_id: string): Promise<void> {
+    if (this.removal) throw this.removal;
+  }
   get total(): number {
     let n = 0;
     for (const s of this.sets.values()) n += s.size;
@@ -389,6 +394,23 @@ test('no counter available → 503 with Retry-After, not a 500', async () => {
   pool.anyUsable = false;
   r = await send({ method: 'GET', url: '/ready' });
   assert.is(r.status, 503);
+});
+
+test('DELETE /counters/:id → 503 NO_COUNTER says whether the removal may have been stored', async () => {
+  pool.removal = new NoCounterAvailableError('no counter is reachable and ready to take the removal');
+  let r = await send({ method: 'DELETE', url: '/counters/c3' });
+  assert.is(r.status, 503);
+  assert.is(r.headers['retry-after'], '1');
+  assert.match(r.body.message ?? '', /nothing was removed, retry later$/);
+  // asked, and no answer in time: it may have been stored
+  pool.removal = new NoCounterAvailableError('no counter took the removal: counter c1 did not answer within 1000 ms', true);
+  r = await send({ method: 'DELETE', url: '/counters/c3' });
+  assert.is(r.status, 503);
+  assert.match(r.body.message ?? '', /the removal may have been stored before an answer was lost, retry later$/);
+  assert.not.match(r.body.message ?? '', /nothing was removed/);
+  pool.removal = null;
+  r = await send({ method: 'DELETE', url: '/counters/c3' });
+  assert.is(r.status, 202);
 });
 
 // ---------------------------------------------------------------- API_KEY

@@ -29,6 +29,13 @@ import { ClientError } from './errors.ts';
 
 export class NoCounterAvailableError extends Error {
   override name = 'NoCounterAvailableError';
+  /**
+   * @param sent true when a counter was asked and gave no answer in time: it may have done what
+   *   it was asked (a removal stored before its answer was lost)
+   */
+  constructor(message: string, readonly sent = false) {
+    super(message);
+  }
 }
 
 export interface CounterView {
@@ -254,7 +261,7 @@ export class CounterPool {
         last = err;
       }
     }
-    throw new NoCounterAvailableError(`no counter took the removal: ${last!.message}`);
+    throw new NoCounterAvailableError(`no counter took the removal: ${last!.message}`, true);
   }
 
   /** The home counter ignoring shards: the usable one with the highest weight, no sorting. */

@@ -181,7 +181,9 @@ export function buildCoordinatorServer(config: Readonly<CoordinatorConfig>, pool
       } catch (err) {
         if (!(err instanceof NoCounterAvailableError)) throw err;
         reply.header('retry-after', '1');
-        return sendError(reply, 503, 'NO_COUNTER', `${err.message}; nothing was removed, retry later`);
+        // a counter asked that did not answer may have stored the removal: a retry then says so (404 ALREADY_REMOVED)
+        const outcome = err.sent ? 'the removal may have been stored before an answer was lost' : 'nothing was removed';
+        return sendError(reply, 503, 'NO_COUNTER', `${err.message}; ${outcome}, retry later`);
       }
       return reply.code(202).send({ removed: id });
     },
