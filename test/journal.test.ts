@@ -1,9 +1,8 @@
 /**
  * The counter's journal (src/counter/journal.ts), on real files: records round-trip; a trim drops
  * only records whose shard logs were synced before it began, keeps those appended while it ran,
- * and drops nothing when a shard cannot sync; a shard's deferred updates are in its log before
- * its sync (which a trim waits for) and before it closes; and a counter whose shard logs lost
- * their unsynced tail (a crash) gets the acknowledged items back from the journal.
+ * and drops nothing when a shard cannot sync; and a counter whose shard logs lost their unsynced
+ * tail (a crash) gets the acknowledged items back from the journal.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -11,7 +10,6 @@ import { join } from 'node:path';
 import { readdirSync, rmSync } from 'node:fs';
 import pino from 'pino';
 import { Counter } from '../src/counter/counter.ts';
-import { Shard } from '../src/counter/shard.ts';
 import { decodeJournal, Journal, type JournalRecord } from '../src/counter/journal.ts';
 import { LogStore } from '../src/counter/storage/index.ts';
 import { GSet, LOCAL } from '../src/counter/gset.ts';
@@ -98,27 +96,6 @@ test('a trim whose shard sync fails drops nothing', async () => {
   const { store: again, records } = await reopen(dir);
   assert.equal(records.length, 2, 'both records kept');
   await again.close();
-});
-
-test('a shard\'s deferred updates reach its log before synced() resolves (what a trim waits for) and before it closes; appended together, unsynced', async () => {
-  const events: string[] = [];
-  const fakeLog = {
-    append: async (update: Uint8Array, durable: boolean) => void events.push(`append ${[...update].join(',')}${durable ? ' durable' : ''}`),
-    sync: async () => void events.push('sync'),
-    needsCompaction: () => false,
-    compact: async () => {},
-    close: async () => void events.push('close'),
-  };
-  const shard = new Shard(0, fakeLog, silent);
-  shard.defer(bytes(1));
-  shard.defer(bytes(2));
-  assert.equal(events, [], 'nothing written while deferred');
-  await shard.synced();
-  assert.equal(events, ['append 1', 'append 2', 'sync'], 'both appended, unsynced, before the sync that synced() waits for');
-  events.length = 0;
-  shard.defer(bytes(3));
-  await shard.close();
-  assert.equal(events, ['append 3', 'close'], 'closing appends what is deferred first');
 });
 
 test('a counter whose shard logs lost what they had not synced recovers the acknowledged items from the journal', async () => {

@@ -3,9 +3,8 @@
  * they are acknowledged are fsynced, so that a batch touching k shards costs one fsync and not k.
  *
  * Each shard still keeps its own log and snapshot (catch-up, moves and compaction work per
- * shard): a journaled update is appended to its shard's log too, without a sync, a moment later
- * (Shard.defer: a shard's updates of that moment in one write), and the shard log is synced later
- * (at most a second later, at a trim, or at close). On this kind of machine
+ * shard): a journaled update is appended to its shard's log too, without a sync, and the shard
+ * log is synced later (at most a second later, at a trim, or at close). On this kind of machine
  * an fdatasync costs about as much CPU as everything else a small write does: with 64 shards and
  * writes spread over tenants, one per shard per batch halved `post_single_quorum` (bench,
  * 2026-12-03: 64 shards 6.3k req/s, the same code without fsyncs 10.6k, one shard 9k).
