@@ -85,11 +85,6 @@ export interface CounterRuntime {
 const REPLAY_STEP_BYTES = 16 * 1024 * 1024;
 /** Replay progress is logged at most this often (a catch-up is one sync message: it logs when it ends). */
 const PROGRESS_LOG_MS = 3000;
-/**
- * How long journaled updates wait to be appended to their shards' logs (Shard.defer): they are
- * durable in the journal already, and waiting lets a shard take a moment's updates in one write.
- */
-const SHARD_LOG_DEFER_MS = 100;
 
 function percent(done: number, total: number): number {
   return Math.floor((100 * done) / Math.max(1, total));
@@ -121,9 +116,6 @@ export class Counter implements CounterApi {
    * a count of those appends: a replicated write may build on them (see storeReplicated).
    */
   private readonly unjournaled = new Map<Shard, number>();
-  /** Shards holding journaled updates not yet appended to their logs, appended every SHARD_LOG_DEFER_MS. */
-  private readonly deferredShards = new Set<Shard>();
-  private deferTimer: TimerHandle | null = null;
   private readonly clientID: number | undefined;
   private readonly lock: { close(): Promise<void> } | undefined;
   private readonly clock: Clock;
@@ -437,8 +429,6 @@ export class Counter implements CounterApi {
     this.closing = true;
     this.clock.clear(this.catchUpTimer);
     this.keeper.close();
-    // the handle stays set, so nothing re-arms it: closing the shards appends what they deferred
-    this.clock.clear(this.deferTimer);
     // not ready from now on: new Adds and Counts are refused, and the coordinators hear it now
     this.sessions.pushStatus();
     const timeoutMs = this.config.shutdownTimeoutMs;
@@ -570,12 +560,9 @@ export class Counter implements CounterApi {
   private commit(shard: Shard, update: Uint8Array, origin: Origin, durable = origin.kind !== 'peer', gossipNow = true): Promise<void> {
     let appended: Promise<void>;
     if (durable && this.journal) {
-      // durable through the journal, whose fsync the batch's shards share; to the shard's log a
-      // moment later with the shard's other updates of that moment (deferred first: a journal
-      // trim syncs the shard logs, deferred updates included, before it drops records)
-      shard.defer(update);
-      this.deferredShards.add(shard);
-      this.deferTimer ??= this.clock.setTimeout(this.appendDeferred, SHARD_LOG_DEFER_MS);
+      // to the shard's log without a sync (first: a journal trim syncs the shard logs before it
+      // drops records), and durable through the journal, whose fsync the batch's shards share
+      void shard.append(update, false);
       appended = this.journal.append(shard.id, update);
     } else {
       appended = shard.append(update, durable);
@@ -656,12 +643,6 @@ export class Counter implements CounterApi {
     this.journal = new Journal(log, () => this.syncShardLogs(), this.log.child({ component: 'journal' }));
     return recovered.damaged;
   }
-
-  private readonly appendDeferred = (): void => {
-    this.deferTimer = null;
-    for (const shard of this.deferredShards) shard.appendDeferred();
-    this.deferredShards.clear();
-  };
 
   /** Resolves once every shard log has everything appended to it so far on disk (a journal trim waits for it). */
   private async syncShardLogs(): Promise<void> {
@@ -747,7 +728,6 @@ export class Counter implements CounterApi {
     if (!shard) return;
     this.shards[id] = undefined;
     this.unjournaled.delete(shard);
-    this.deferredShards.delete(shard);
     await shard.close();
     await this.storage.remove(id);
   }

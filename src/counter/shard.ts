@@ -41,8 +41,6 @@ export class Shard {
   private logTail: Promise<void> = Promise.resolve();
   /** Some update is in memory but not on disk; the next write first rewrites the snapshot. */
   private persistDebt = false;
-  /** Updates durable in the counter's journal already, to be appended to the log together (see `defer`). */
-  private deferred: Uint8Array[] = [];
 
   constructor(
     readonly id: number,
@@ -73,27 +71,8 @@ export class Shard {
     return appended;
   }
 
-  /**
-   * Keeps an update that is durable in the counter's journal for the log's next round
-   * (`appendDeferred`): a busy moment's many small updates then cost the shard one write instead
-   * of one each. On this machine a write per shard per batch of writes, over the dozen shards a
-   * batch touches, cost the counters more CPU than the rest of a replicated write.
-   */
-  defer(update: Uint8Array): void {
-    this.deferred.push(update);
-  }
-
-  /** Appends the deferred updates, unsynced; the log store writes them in one round. */
-  appendDeferred(): void {
-    if (this.deferred.length === 0) return;
-    const updates = this.deferred;
-    this.deferred = [];
-    for (const u of updates) void this.append(u, false);
-  }
-
-  /** Resolves once everything appended or deferred so far is on disk (for items held already: maybe appended lazily). */
+  /** Resolves once everything appended so far is on disk (for items held already: maybe appended lazily). */
   synced(): Promise<void> {
-    this.appendDeferred();
     return this.logTail.then(() => this.log.sync());
   }
 
@@ -118,9 +97,8 @@ export class Shard {
     this.rewrite().catch((err: Error) => this.logger.error({ err }, 'compaction failed; will retry after the next write'));
   }
 
-  /** Appends what was deferred, waits for appends in flight, then closes the log. */
+  /** Waits for appends in flight, then closes the log. */
   async close(): Promise<void> {
-    this.appendDeferred();
     await this.logTail.catch(() => {});
     try {
       await this.log.close();
