@@ -75,7 +75,7 @@ test("a coordinator's reads answer from the pushed count: its own acknowledged w
       const tenant = 'acme';
       // every replica serving the tenant's shard: one that starts serving later becomes the home
       // of some coordinators then (a documented exception to read-your-writes, not this test's)
-      await mesh.until(() => mesh.pools.every((p) => p.replicas(tenant).length === 3 && p.replicas(tenant).every((r) => r.usable)), 10_000, 'both coordinators see 3 counters serving the tenant');
+      await mesh.until(() => mesh.pools.every((p) => MemoryMesh.servedThrough(p, tenant, 3)), 10_000, 'both coordinators see 3 counters serving the tenant');
       const first = reader!.count(tenant);
       assert.ok(first instanceof Promise, 'the first read asks the counter');
       assert.is((await mesh.settle([first as Promise<number>]))[0], 0);
@@ -112,7 +112,7 @@ test('the pushed counts of a counter that crashed are dropped: reads fail over t
       const pool = mesh.pools[0]!;
       const tenant = 'globex';
       // every replica serving: the tenant's home is then the coordinator's first candidate
-      await mesh.until(() => pool.replicas(tenant).length === 3 && pool.replicas(tenant).every((r) => r.usable), 10_000, 'the coordinator sees 3 counters serving the tenant');
+      await mesh.until(() => MemoryMesh.servedThrough(pool, tenant, 3), 10_000, 'the coordinator sees 3 counters serving the tenant');
       await mesh.settle([mesh.write(0, [{ tenant, id: 'a' }, { tenant, id: 'b' }])]);
       // with w=one an item is on its home counter only until gossip; here every counter has it first
       await mesh.until(() => mesh.converged(), 5_000, 'every counter holds both items');

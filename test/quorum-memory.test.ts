@@ -50,7 +50,7 @@ async function fullyLinked(mesh: MemoryMesh, tenants: readonly string[]): Promis
   await mesh.until(
     () =>
       mesh.counters.every((c) => c.counter?.connectedPeers() === 2 && seesPeersServe(c)) &&
-      tenants.every((t) => mesh.pools[0]!.replicas(t).length === 3 && mesh.pools[0]!.replicas(t).every((r) => r.usable)),
+      tenants.every((t) => MemoryMesh.servedThrough(mesh.pools[0]!, t, 3)),
     10_000,
     'the counters linked to each other, each seeing the others serve, and usable from the coordinator',
   );

@@ -474,11 +474,13 @@ export class Counter implements CounterApi {
       waitMs = Math.min(waitMs, b.ackWaitMs);
     }
     let peerAcks: PeerAcks | null = null;
+    // each request's shards: its acknowledgments are the fewest among them
+    const shardIdsOf: Set<number>[] = [];
     const touched: Shard[] = [];
     try {
       const stored: Promise<void>[] = [];
       const toReplicate: ShardUpdate[] = [];
-      for (const [shard, items] of this.byShard(batch.map((b) => b.items))) {
+      for (const [shard, items] of this.byShard(batch.map((b) => b.items), peersNeeded > 0 ? shardIdsOf : undefined)) {
         touched.push(shard);
         const update = shard.gset.add(items, peersNeeded > 0);
         // nothing new: the items came earlier, maybe from a peer and not synced yet; an ack means on disk
@@ -505,19 +507,21 @@ export class Counter implements CounterApi {
     for (const b of batch) if (b.acks < 2) b.resolve(1);
     if (peersNeeded === 0) return;
     if (peerAcks) await peerAcks.done;
-    for (const b of batch) {
-      if (b.acks < 2) continue;
-      const shards = new Set(b.items.map((it) => this.shardOf(it.tenant)));
-      b.resolve(1 + (peerAcks?.acknowledged(shards) ?? 0));
-    }
+    for (const [i, b] of batch.entries()) if (b.acks >= 2) b.resolve(1 + (peerAcks?.acknowledged(shardIdsOf[i]!) ?? 0));
   }
 
-  /** Items by the shard holding them; a shard not held (moved away since the request came) fails the batch, unstored. */
-  private byShard(lists: readonly (readonly Item[])[]): Map<Shard, Item[]> {
+  /**
+   * Items by the shard holding them; a shard not held (moved away since the request came) fails
+   * the batch, unstored. With `shardIdsOf`, each list's shard ids go in at its index.
+   */
+  private byShard(lists: readonly (readonly Item[])[], shardIdsOf?: Set<number>[]): Map<Shard, Item[]> {
     const out = new Map<Shard, Item[]>();
-    for (const items of lists) {
+    for (const [i, items] of lists.entries()) {
+      const ids = shardIdsOf ? new Set<number>() : null;
+      if (ids && shardIdsOf) shardIdsOf[i] = ids;
       for (const it of items) {
         const id = this.shardOf(it.tenant);
+        ids?.add(id);
         const shard = this.shards[id];
         if (!shard) throw new Error(`shard ${id} is no longer held by counter ${this.id}`);
         const list = out.get(shard);

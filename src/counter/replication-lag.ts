@@ -205,15 +205,20 @@ export class ShardLags {
 
   lagSeconds(peerId: string, now = this.clock.now()): number {
     this.prune();
+    return this.worstAge(peerId, now);
+  }
+
+  /** Every peer's lagSeconds, pruned once (a status carries it every heartbeat). */
+  byPeer(now = this.clock.now()): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const id of this.peerIds()) out[id] = this.worstAge(id, now);
+    return out;
+  }
+
+  private worstAge(peerId: string, now: number): number {
     let worst = 0;
     for (const lag of this.shards.values()) worst = Math.max(worst, lag.lagSeconds(peerId, now));
     return worst;
-  }
-
-  byPeer(now = this.clock.now()): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const id of this.peerIds()) out[id] = this.lagSeconds(id, now);
-    return out;
   }
 
   close(): void {

@@ -304,6 +304,12 @@ export class MemoryMesh {
     return c.index;
   }
 
+  /** Coordinator `pool` has `n` replicas for the tenant, each reachable, ready and serving its shard. */
+  static servedThrough(pool: CounterPool, tenant: string, n: number): boolean {
+    const replicas = pool.replicas(tenant);
+    return replicas.length === n && replicas.every((r) => r.usable);
+  }
+
   /** The placement every running counter computes (they must agree), or null while they do not. */
   placement(): string[][] | null {
     const lists = new Set<string>();
