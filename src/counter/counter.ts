@@ -123,7 +123,11 @@ export class Counter implements CounterApi {
   private queue: PendingAdd[] = [];
   private flushScheduled = false;
   private needsPeerSync = false;
-  /** Set until the recovered state is applied (see load): bytes done of the total. */
+  /**
+   * Set until load has applied the recovered state and starts catching up (see load): bytes
+   * replayed of the total. Mesh connections are refused meanwhile: a peer's member list applied
+   * before the catch-up starts would let placement finish and the counter serve without it.
+   */
   private replaying: { done: number; total: number } | null = { done: 0, total: 0 };
   private readonly replayStepBytes: number;
   /** Briefly after start, wait for one peer's state so a restarted counter does not answer stale counts. */
@@ -247,6 +251,7 @@ export class Counter implements CounterApi {
     await this.recover();
     const knewMesh = this.membership.placed().some((id) => id !== this.id);
     await this.membership.join(this.id, this.address);
+    this.replaying = null;
     this.join();
     // alone, or with the member list from disk, placement can start now; a new counter with PEERS
     // first learns the list from a peer (or gives up waiting with the catch-up grace)
@@ -663,7 +668,7 @@ export class Counter implements CounterApi {
     );
   }
 
-  /** Applies the recovered updates in steps, logging progress; not ready meanwhile. */
+  /** Applies the recovered updates in steps, logging progress; not ready meanwhile (load clears `replaying`). */
   private async replay(opened: readonly { shard: Shard; recovered: Recovered }[]): Promise<void> {
     const work = opened.map(({ shard, recovered: { snapshot, updates } }) => ({ shard, all: snapshot ? [snapshot, ...updates] : updates }));
     const total = work.reduce((n, w) => n + w.all.reduce((m, u) => m + u.length, 0), 0);
@@ -693,7 +698,6 @@ export class Counter implements CounterApi {
         }
       }
     }
-    this.replaying = null;
   }
 
   /** Starts replicating: dial PEERS, wait briefly for one peer's state before serving. */

@@ -99,6 +99,8 @@ export class MemoryDisk implements ShardStorage {
   private journalLog: MemoryLog | null = null;
   private readonly catchingUp = new Set<number>();
   private slowFsyncMs = 3;
+  /** Opening a shard's log or the journal takes 0 to this many ms (seeded): a real open is I/O, and peers dial in meanwhile. */
+  openMs = 0;
   private membersState: Uint8Array | null = null;
   readonly members: MembersStore = {
     load: async () => this.membersState,
@@ -133,6 +135,7 @@ export class MemoryDisk implements ShardStorage {
   }
 
   async journal(): Promise<{ log: UpdateLog; recovered: Recovered }> {
+    await this.opening();
     const log = this.journalStore();
     return { log, recovered: log.recovered() };
   }
@@ -142,8 +145,13 @@ export class MemoryDisk implements ShardStorage {
   }
 
   async open(shard: number): Promise<{ log: UpdateLog; recovered: Recovered; catchingUp: boolean }> {
+    await this.opening();
     const log = this.log(shard);
     return { log, recovered: log.recovered(), catchingUp: this.catchingUp.has(shard) };
+  }
+
+  private async opening(): Promise<void> {
+    if (this.openMs > 0) await new Promise<void>((resolve) => this.clock.setTimeout(resolve, Math.floor(this.rng() * this.openMs)));
   }
 
   async setCatchingUp(shard: number, on: boolean): Promise<void> {
