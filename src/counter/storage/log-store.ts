@@ -224,7 +224,9 @@ export class LogStore {
   private kick(): void {
     if (this.loopRunning) return;
     this.loopRunning = true;
-    this.loopDone = this.runLoop();
+    // the round starts after this turn: the appends a turn makes (a write's shards, a peer's
+    // frames read from one socket chunk) share its fsync, where the first would go alone
+    this.loopDone = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.runLoop());
   }
 
   // The only code that touches the current log's fd, so rounds and rotation
