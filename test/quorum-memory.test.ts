@@ -7,6 +7,8 @@
  * - A w=2 write is acknowledged only once a peer of the counter that took it has it on disk: at
  *   the moment of each acknowledgment a peer's fsynced log holds the items, and after that counter
  *   dies with its log lost and the others lose their power, the others still count every one.
+ * - A w=2 write asks one peer per shard (the other gets the items by gossip), and the other too
+ *   once the one asked is slower than the hedge delay.
  * - Peers that cannot acknowledge: 503-worthy NotEnoughReplicasError saying how many did.
  * - Quorum reads' tallies leave a coordinator in batches, one batch in flight per counter link:
  *   reads started while one is unanswered wait and leave together, and each gets its own count;
@@ -22,6 +24,8 @@ import { NotEnoughReplicasError, readQuorum, writeQuorum } from '../src/coordina
 import { MessageType, readMessage, writeStatus, type Item } from '../src/protocol/messages.ts';
 import { GSet, STORAGE } from '../src/counter/gset.ts';
 import { decodeJournal } from '../src/counter/journal.ts';
+import { REPLICATE_HEDGE_MS } from '../src/counter/gossip.ts';
+import { rendezvousScore } from '../src/shared/placement.ts';
 
 const silent = pino({ level: 'silent' });
 
@@ -191,6 +195,47 @@ test('w=2: acknowledged only once a peer has the items on disk; the home counter
       for (const c of others) await mesh.startCounter(c.index);
       const counted = () => acked.every((its) => others.every((c) => c.counter!.count(its[0]!.tenant) === its.length));
       await mesh.until(counted, 10_000, 'the surviving counters count every acknowledged item');
+    } finally {
+      await mesh.close();
+    }
+  }));
+
+test('w=2 asks one peer per shard, and the other gets the items by gossip; a slow peer costs a write the hedge delay, not its disk', () =>
+  withSeed('quorum-ask-needed', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 3 } });
+    try {
+      const pool = mesh.pools[0]!;
+      const tenants = Array.from({ length: 12 }, (_, i) => `a${i}`);
+      await fullyLinked(mesh, tenants);
+      const replicates = () => mesh.net.sentByType.get(MessageType.ShardReplicate) ?? 0;
+
+      // one write at a time: each is one flush of one shard on its home counter
+      const before = replicates();
+      for (const t of tenants) {
+        await mesh.settle([writeQuorum(pool.replicas(t), [{ tenant: t, id: 'x' }], 2)]);
+        mesh.sent.set(t, new Set(['x']));
+        mesh.acked.set(t, new Set(['x']));
+      }
+      assert.is(replicates() - before, tenants.length, 'one ShardReplicate per write: only the peer it needs is asked');
+      await mesh.until(() => tenants.every((t) => mesh.counters.every((c) => c.counter!.count(t) === 1)), 5_000, 'the peers not asked got every item by gossip');
+
+      // the peer a write of this tenant asks has a slow disk: after the hedge delay the other is asked
+      const t = 'slow';
+      const [home, ...others] = pool.replicas(t).map((r) => mesh.counters.find((c) => c.id === r.id)!);
+      const shard = home!.counter!.shardOf(t);
+      const asked = others.sort((a, b) => rendezvousScore(shard, b.id) - rendezvousScore(shard, a.id))[0]!;
+      asked.disk.fsyncFloorMs = 1_000;
+      const sentBefore = replicates();
+      const t0 = mesh.clock.now();
+      await mesh.settle([writeQuorum(pool.replicas(t), [{ tenant: t, id: 'y' }], 2)]);
+      const took = mesh.clock.now() - t0;
+      mesh.sent.set(t, new Set(['y']));
+      mesh.acked.set(t, new Set(['y']));
+      assert.is(replicates() - sentBefore, 2, 'the write asked the slow peer, then the other');
+      assert.ok(took >= REPLICATE_HEDGE_MS && took < 1_000, `acknowledged after ${took} ms: past the hedge delay, before the slow disk's fsync`);
+      asked.disk.fsyncFloorMs = 0;
+      await mesh.until(() => mesh.converged(), 10_000, 'converged');
+      mesh.compare();
     } finally {
       await mesh.close();
     }

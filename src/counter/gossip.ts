@@ -14,8 +14,9 @@
  * peer then wakes, decodes and stores once per window instead of once per transaction.
  *
  * A write with w ≥ 2 does not wait for the window: its update leaves at once (with whatever the
- * window had gathered) as a Replicate, which each peer receiving it answers with Durable once it
- * is on its disk; the counter that took the write counts those answers (PeerAcks).
+ * window had gathered) as a Replicate to the w − 1 peers it needs, which answer with Durable once
+ * it is on their disk; the counter that took the write counts those answers (PeerAcks). The
+ * shard's other holders get it with the window, and are asked too if those answers are late.
  */
 import * as Y from 'yjs';
 import * as decoding from 'lib0/decoding';
@@ -29,6 +30,7 @@ import { Dialer } from '../protocol/dialer.ts';
 import type { Transport, Wire } from '../protocol/wire.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import { formatAddress, isAddress } from '../shared/address.ts';
+import { rendezvousScore } from '../shared/placement.ts';
 import { LOCAL, type Origin } from './gset.ts';
 import type { Shard } from './shard.ts';
 import type { GossipObserver } from './metrics.ts';
@@ -37,6 +39,12 @@ import { Membership } from './membership.ts';
 
 /** A peer whose socket has this much unsent data gets no more broadcasts; anti-entropy repairs it. */
 const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+/**
+ * A write asks only as many peers as it needs acknowledgments from (see replicate); the shard's
+ * other holders are asked too once this long passed without enough answers: a peer that is slow,
+ * or gone but not yet timed out, costs a write this much and not its whole wait.
+ */
+export const REPLICATE_HEDGE_MS = 25;
 
 interface Peer {
   sock: MeshSocket;
@@ -53,6 +61,8 @@ interface Peer {
   unsynced: Set<number> | null;
   /** ShardReplicates sent on this socket whose Durables have not all come, by ack id. */
   awaitingAcks: Map<number, { acks: PeerAcks; parts: number; shards: number[] }>;
+  /** Our writes' updates it was not asked to acknowledge (see replicate): gossip brings them, by shard. */
+  heldBack: Map<number, Uint8Array[]>;
   /** Per shard, the state vector of the peer's latest sync step 1: what it held then. */
   stateVectors: Map<number, Map<number, number>>;
 }
@@ -297,7 +307,7 @@ export class Gossip {
     let peer: Peer | null = null;
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map(), stateVectors: new Map() };
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map(), heldBack: new Map(), stateVectors: new Map() };
     this.peers.add(peer);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress, shards: this.shards.count }));
     sock.send(this.membership.step1());
@@ -505,24 +515,93 @@ export class Gossip {
   }
 
   /**
-   * A write waiting for peers' acknowledgments (always our own): its updates leave now, one
-   * ShardReplicate per shard, with whatever the window had gathered of ours for those shards;
-   * `acks` hears of each peer once it answered every part.
+   * A write waiting for peers' acknowledgments (always our own), with whatever the window had
+   * gathered of ours for its shards. Each shard's update leaves now, as a ShardReplicate, to the
+   * `acks.needed` peers whose acknowledgment counts for it, first in rendezvous order for the
+   * shard (so the shards spread the work over the peers); the shard's other holders get it by
+   * gossip in the next window, which spares them the journal fsync and the answer. If those asked
+   * have not answered within REPLICATE_HEDGE_MS, or answered without enough that count, the others
+   * are asked too. `acks` hears of each peer once it answered every part.
    */
   replicate(updates: readonly ShardUpdate[], acks: PeerAcks): void {
-    if (this.peers.size === 0) {
-      acks.seal();
-      return;
-    }
     const gathered = this.outbox.get(LOCAL);
-    const byShard = new Map<number, Uint8Array[]>();
+    const merged = new Map<number, Uint8Array>();
     for (const { shard, update } of updates) {
       const list = gathered?.get(shard) ?? [];
       gathered?.delete(shard);
       list.push(update);
-      byShard.set(shard, list);
+      merged.set(shard, list.length === 1 ? list[0]! : Y.mergeUpdates(list));
     }
-    this.forward(LOCAL, byShard, acks);
+    const links = this.linksOnePerPeer();
+    const now = new Map<Peer, number[]>();
+    const later = new Map<Peer, number[]>();
+    const add = (to: Map<Peer, number[]>, p: Peer, shard: number) => {
+      const list = to.get(p);
+      if (list) list.push(shard);
+      else to.set(p, [shard]);
+    };
+    for (const shard of merged.keys()) {
+      const holders = links.filter((p) => this.holds(p, shard));
+      const counting = holders.filter((p) => p.id !== null && acks.counts(p.id, shard));
+      if (counting.length <= acks.needed) {
+        for (const p of holders) add(now, p, shard);
+        continue;
+      }
+      counting.sort((a, b) => rendezvousScore(shard, b.id!) - rendezvousScore(shard, a.id!));
+      const asked = new Set(counting.slice(0, acks.needed));
+      for (const p of holders) add(asked.has(p) ? now : later, p, shard);
+    }
+    const ackId = this.takeAckId();
+    const frames = new Map<number, Uint8Array>();
+    const frameOf = (shard: number): Uint8Array => {
+      let f = frames.get(shard);
+      if (!f) frames.set(shard, (f = writeShardReplicate(ackId, shard, merged.get(shard)!)));
+      return f;
+    };
+    const ask = (p: Peer, shards: readonly number[]) => {
+      if (!p.sock.open) return;
+      // the frames leave now, in one socket write (it costs more here than the rest of a small write)
+      for (const [i, shard] of shards.entries()) {
+        if (i < shards.length - 1) p.sock.send(frameOf(shard));
+        else p.sock.sendNow(frameOf(shard));
+      }
+      // the peer has the write once it acknowledged every shard of it that it holds
+      const waiting = p.awaitingAcks;
+      waiting.set(ackId, { acks, parts: shards.length, shards: [...shards] });
+      acks.sentOnLink(() => waiting.delete(ackId));
+    };
+    for (const [p, shards] of now) ask(p, shards);
+    if (later.size === 0) {
+      acks.seal();
+      return;
+    }
+    for (const [p, shards] of later) {
+      for (const shard of shards) {
+        const pending = p.heldBack.get(shard);
+        if (pending) pending.push(merged.get(shard)!);
+        else p.heldBack.set(shard, [merged.get(shard)!]);
+      }
+    }
+    this.outboxTimer ??= this.clock.setTimeout(this.flushOutbox, this.config.gossipDelayMs);
+    acks.hedge(REPLICATE_HEDGE_MS, () => {
+      for (const [p, shards] of later) ask(p, shards);
+      acks.seal();
+    });
+  }
+
+  /** The open links, one per peer id (two counters that dialed each other share two sockets), and those whose id is not known yet. */
+  private linksOnePerPeer(): Peer[] {
+    const seen = new Set<string>();
+    const out: Peer[] = [];
+    for (const p of this.peers) {
+      if (p.sock.buffered > MAX_BUFFERED_BYTES) continue;
+      if (p.id !== null) {
+        if (seen.has(p.id)) continue;
+        seen.add(p.id);
+      }
+      out.push(p);
+    }
+    return out;
   }
 
   private readonly flushOutbox = (): void => {
@@ -530,14 +609,22 @@ export class Gossip {
     const outbox = this.outbox;
     this.outbox = new Map();
     for (const [origin, byShard] of outbox) this.forward(origin, byShard);
+    for (const p of this.peers) {
+      if (p.heldBack.size === 0) continue;
+      const heldBack = p.heldBack;
+      p.heldBack = new Map();
+      for (const [shard, updates] of heldBack) {
+        const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
+        p.sock.send(writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)));
+      }
+    }
   };
 
   /**
    * Sends updates to every peer that needs them from us: not their sender, nor peers it reaches
-   * itself. With `acks`, as ShardReplicates each of them answers.
+   * itself.
    */
-  private forward(origin: Origin, byShard: Map<number, Uint8Array[]>, acks: PeerAcks | null = null): void {
-    const ackId = acks ? this.takeAckId() : 0;
+  private forward(origin: Origin, byShard: Map<number, Uint8Array[]>): void {
     // merged and framed on first use: a peer's update forwarded here often has no peer left to go
     // to (the sender reaches them all), and merging a window's updates costs more than the rest
     const frames: { shard: number; updates: Uint8Array[]; frame: Uint8Array | null }[] = [];
@@ -545,7 +632,7 @@ export class Gossip {
     const frameOf = (f: (typeof frames)[number]): Uint8Array => {
       if (f.frame) return f.frame;
       const merged = f.updates.length === 1 ? f.updates[0]! : Y.mergeUpdates(f.updates);
-      f.frame = acks ? writeShardReplicate(ackId, f.shard, merged) : writeShardSync(f.shard, (e) => syncProtocol.writeUpdate(e, merged));
+      f.frame = writeShardSync(f.shard, (e) => syncProtocol.writeUpdate(e, merged));
       return f.frame;
     };
     // two counters that dialed each other share two sockets; one copy per peer is enough
@@ -557,24 +644,8 @@ export class Gossip {
       if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
       if (p.id !== null) sentTo.add(p.id);
       // only to peers that hold the shard (or may: their state has not come yet)
-      const theirs = frames.filter((f) => this.holds(p, f.shard));
-      if (theirs.length === 0) continue;
-      if (!acks) {
-        for (const f of theirs) p.sock.send(frameOf(f));
-        continue;
-      }
-      // a write is waiting: the frames leave now, but in one write (a socket write costs more
-      // here than the rest of a small replicated write)
-      for (const [i, f] of theirs.entries()) {
-        if (i < theirs.length - 1) p.sock.send(frameOf(f));
-        else p.sock.sendNow(frameOf(f));
-      }
-      // the peer has the write once it acknowledged every shard of it that it holds
-      const waiting = p.awaitingAcks;
-      waiting.set(ackId, { acks, parts: theirs.length, shards: theirs.map((f) => f.shard) });
-      acks.sentOnLink(() => waiting.delete(ackId));
+      for (const f of frames) if (this.holds(p, f.shard)) p.sock.send(frameOf(f));
     }
-    acks?.seal();
   }
 
   private takeAckId(): number {

@@ -1,7 +1,8 @@
 /**
  * The acknowledgments one replicated update collects: a write with w ≥ 2 is stored on its home
- * counter, sent to the peers as a Replicate, and each peer answers Durable once the update is on
- * its disk. Gossip reports every link it sent on and what became of it; the counter awaits `done`.
+ * counter, sent as a Replicate to the peers it needs (the others are asked after a hedge delay,
+ * if still needed), and each peer answers Durable once the update is on its disk. Gossip reports
+ * every link it sent on and what became of it; the counter awaits `done`.
  *
  * Acknowledgments are counted per shard, and only from peers that `counts` accepts for the shard:
  * the counter passes its replicas that serve it. A copy on a counter handing the shard off (about
@@ -24,6 +25,9 @@ export class PeerAcks {
   private readonly timer: TimerHandle;
   /** Drop the links' references to us once settled: an answer that comes later is then ignored. */
   private readonly forgets: (() => void)[] = [];
+  /** Asks the peers held back (see `hedge`); null once done or when there are none. */
+  private askOthers: (() => void) | null = null;
+  private hedgeTimer: TimerHandle | null = null;
 
   /**
    * @param needed distinct peers per shard whose acknowledgments settle it at once.
@@ -36,7 +40,7 @@ export class PeerAcks {
     shards: Iterable<number>,
     waitMs: number,
     private readonly clock: Clock,
-    private readonly counts: (peerId: string, shard: number) => boolean = () => true,
+    readonly counts: (peerId: string, shard: number) => boolean = () => true,
   ) {
     for (const s of shards) this.from.set(s, new Set());
     this.done = new Promise((resolve) => {
@@ -54,6 +58,17 @@ export class PeerAcks {
   /** Every link it goes to has it: once they have all answered, nothing more can come. */
   seal(): void {
     this.sealed = true;
+    this.check();
+  }
+
+  /**
+   * Some peers were not asked (enough others were): `askOthers` asks them, then seals. It runs
+   * after `ms`, or as soon as the peers asked have all answered without enough acknowledgments,
+   * unless enough came first.
+   */
+  hedge(ms: number, askOthers: () => void): void {
+    this.askOthers = askOthers;
+    this.hedgeTimer = this.clock.setTimeout(() => this.askTheOthers(), ms);
     this.check();
   }
 
@@ -78,13 +93,26 @@ export class PeerAcks {
   }
 
   private check(): void {
-    if ((this.sealed && this.awaiting === 0) || this.acknowledged(this.from.keys()) >= this.needed) this.settle();
+    if (this.settled) return;
+    if (this.acknowledged(this.from.keys()) >= this.needed) this.settle();
+    else if (this.awaiting === 0 && this.askOthers) this.askTheOthers();
+    else if (this.awaiting === 0 && this.sealed) this.settle();
+  }
+
+  private askTheOthers(): void {
+    const ask = this.askOthers;
+    if (!ask) return;
+    this.askOthers = null;
+    this.clock.clear(this.hedgeTimer);
+    if (!this.settled) ask();
   }
 
   private settle(): void {
     if (this.settled) return;
     this.settled = true;
+    this.askOthers = null;
     this.clock.clear(this.timer);
+    this.clock.clear(this.hedgeTimer);
     for (const forget of this.forgets) forget();
     this.resolve();
   }

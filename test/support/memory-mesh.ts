@@ -32,8 +32,9 @@ export class MemoryLog implements UpdateLog {
   private appended = 0;
   private synced = 0;
   private compacted = 0;
-  /** How long an fsync takes: 1 to `fsyncMs` ms (seeded). A test may slow a disk down. */
+  /** How long an fsync takes: `fsyncFloorMs` plus 1 to `fsyncMs` ms (seeded). A test may slow a disk down. */
   fsyncMs = 3;
+  fsyncFloorMs = 0;
 
   constructor(
     private readonly clock: SimClock,
@@ -50,7 +51,7 @@ export class MemoryLog implements UpdateLog {
       this.clock.push(() => {
         this.synced = Math.max(this.synced, upTo);
         resolve();
-      }, 1 + Math.floor(this.rng() * this.fsyncMs)),
+      }, this.fsyncFloorMs + 1 + Math.floor(this.rng() * this.fsyncMs)),
     );
   }
 
@@ -99,6 +100,7 @@ export class MemoryDisk implements ShardStorage {
   private journalLog: MemoryLog | null = null;
   private readonly catchingUp = new Set<number>();
   private slowFsyncMs = 3;
+  private floorMs = 0;
   /** Opening a shard's log or the journal takes 0 to this many ms (seeded): a real open is I/O, and peers dial in meanwhile. */
   openMs = 0;
   private membersState: Uint8Array | null = null;
@@ -120,6 +122,7 @@ export class MemoryDisk implements ShardStorage {
     if (!log) {
       log = new MemoryLog(this.clock, this.rng);
       log.fsyncMs = this.slowFsyncMs;
+      log.fsyncFloorMs = this.floorMs;
       this.logs.set(shard, log);
     }
     return log;
@@ -130,6 +133,7 @@ export class MemoryDisk implements ShardStorage {
     if (!this.journalLog) {
       this.journalLog = new MemoryLog(this.clock, this.rng);
       this.journalLog.fsyncMs = this.slowFsyncMs;
+      this.journalLog.fsyncFloorMs = this.floorMs;
     }
     return this.journalLog;
   }
@@ -173,6 +177,13 @@ export class MemoryDisk implements ShardStorage {
     this.slowFsyncMs = ms;
     for (const log of this.logs.values()) log.fsyncMs = ms;
     if (this.journalLog) this.journalLog.fsyncMs = ms;
+  }
+
+  /** Every fsync of this disk takes at least `ms` ms more (the logs made from now on too). */
+  set fsyncFloorMs(ms: number) {
+    this.floorMs = ms;
+    for (const log of this.logs.values()) log.fsyncFloorMs = ms;
+    if (this.journalLog) this.journalLog.fsyncFloorMs = ms;
   }
 
   /** The power goes: every shard's log, and the journal, keep only what an fsync covered. */
