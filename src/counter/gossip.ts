@@ -555,7 +555,10 @@ export class Gossip {
     const frames = new Map<number, Uint8Array>();
     const frameOf = (shard: number): Uint8Array => {
       let f = frames.get(shard);
-      if (!f) frames.set(shard, (f = writeShardReplicate(ackId, shard, merged.get(shard)!)));
+      if (!f) {
+        f = writeShardReplicate(ackId, shard, merged.get(shard)!);
+        frames.set(shard, f);
+      }
       return f;
     };
     const ask = (p: Peer, shards: readonly number[]) => {
