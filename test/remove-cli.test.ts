@@ -188,6 +188,36 @@ test('leave: removes, then waits until the counter holds no shard and is no long
   }
 });
 
+test('leave: a removal answered 503 (no counter ready just now) is asked again until one takes it', async () => {
+  const script = handoff();
+  let refusals = 2;
+  const fake = await fakeCoordinator((req, asked) => {
+    if (req.method === 'DELETE' && refusals-- > 0) return error(503, 'NO_COUNTER', 'no counter is reachable and ready to take the removal; nothing was removed, retry later');
+    return script(req, asked);
+  });
+  try {
+    const r = await run(['leave', 'c3', '--coordinator', fake.url, '--timeout', '30']);
+    assert.is(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.match(lines[0]!, /^c3 is not removed yet: 503 NO_COUNTER: no counter is reachable .*; asking again until the timeout$/);
+    assert.is(lines[1], 'c3 is removed from the mesh; waiting for it to hand off its shards (at most 30 s)');
+    assert.is(lines.at(-1), 'c3 has left the mesh');
+    assert.is(fake.asked.filter((a) => a.method === 'DELETE').length, 3, 'two refusals, then the removal');
+  } finally {
+    await fake.close();
+  }
+  // a 503 that lasts past the timeout ends the command with exit 1 and the coordinator's reason
+  const busy = await fakeCoordinator(() => error(503, 'NO_COUNTER', 'no counter is reachable and ready to take the removal; nothing was removed, retry later'));
+  try {
+    const r = await run(['leave', 'c3', '--coordinator', busy.url, '--timeout', '1']);
+    assert.is(r.code, 1);
+    assert.match(r.stderr, /^counter-mesh: c3 was not removed: 503 NO_COUNTER/);
+    assert.ok(busy.asked.length >= 2, `asked again before giving up (${busy.asked.length} requests)`);
+  } finally {
+    await busy.close();
+  }
+});
+
 test('leave: a counter removed already is waited for too; one that never leaves times out with exit 1', async () => {
   const fake = await fakeCoordinator((req) => {
     if (req.method === 'DELETE') return error(404, 'ALREADY_REMOVED', 'counter "c3" was removed from the mesh already');

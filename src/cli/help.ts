@@ -62,7 +62,8 @@ member and its shards keep their other replicas.
 `,
   leave: `Usage: counter-mesh leave ID [--coordinator URL] [--timeout S]
 
-Removes counter ID like counter-mesh remove (an ID removed already is fine), then waits until it
+Removes counter ID like counter-mesh remove (an ID removed already is fine; a 503 is asked again
+until the timeout), then waits until it
 holds no shard (GET /shards) and the coordinator no longer lists it (GET /counters). Exit code 0
 once it has left; 1 at the timeout (the removal stands and the handoff goes on: run leave again
 to keep waiting), when the coordinator refuses, or when it cannot be reached; 2 for a bad argument.

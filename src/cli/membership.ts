@@ -114,15 +114,24 @@ function describe(id: string, at: Progress): string {
 }
 
 /**
- * `counter-mesh leave ID`: removes the counter (or finds it removed already), then waits until it
- * holds no shard and the coordinator no longer lists it. 0 once it has left; 1 at the timeout, or
- * when the coordinator refuses.
+ * `counter-mesh leave ID`: removes the counter (or finds it removed already; a 503 is asked again
+ * until the timeout), then waits until it holds no shard and the coordinator no longer lists it.
+ * 0 once it has left; 1 at the timeout, or when the coordinator refuses.
  */
 export async function runLeave(args: string[], env: Env): Promise<number> {
   const p = parse('leave', args, env);
   const deadline = Date.now() + p.timeoutS * 1000;
   try {
-    const a = await removal(p);
+    let a = await removal(p);
+    // 503: no counter could take the removal just now (none ready, or none answered in time);
+    // asking again is safe (a removal stored already answers 404 ALREADY_REMOVED), so wait for one
+    let told = false;
+    while (a.status === 503 && Date.now() + POLL_MS < deadline) {
+      if (!told) process.stdout.write(`${p.id} is not removed yet: ${describeAnswer(a)}; asking again until the timeout\n`);
+      told = true;
+      await new Promise((r) => setTimeout(r, POLL_MS));
+      a = await removal(p);
+    }
     if (a.status === 202) process.stdout.write(`${p.id} is removed from the mesh; waiting for it to hand off its shards (at most ${p.timeoutS} s)\n`);
     else if (a.status === 404 && codeOf(a) === 'ALREADY_REMOVED') process.stdout.write(`${p.id} was removed already; waiting for it to hand off its shards (at most ${p.timeoutS} s)\n`);
     else {
