@@ -202,7 +202,8 @@ test('w=2: acknowledged only once a peer has the items on disk; the home counter
 
 test('w=2 asks one peer per shard, and the other gets the items by gossip; a slow peer costs a write the hedge delay, not its disk', () =>
   withSeed('quorum-ask-needed', async (seed) => {
-    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 3 } });
+    // the product's gossip window (longer than the hedge delay: a hedged peer still has updates held back)
+    const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, faults: { minDelayMs: 0, maxDelayMs: 3 }, counterEnv: { GOSSIP_DELAY_MS: '50' } });
     try {
       const pool = mesh.pools[0]!;
       const tenants = Array.from({ length: 12 }, (_, i) => `a${i}`);
@@ -219,18 +220,21 @@ test('w=2 asks one peer per shard, and the other gets the items by gossip; a slo
       assert.is(replicates() - before, tenants.length, 'one ShardReplicate per write: only the peer it needs is asked');
       await mesh.until(() => tenants.every((t) => mesh.counters.every((c) => c.counter!.count(t) === 1)), 5_000, 'the peers not asked got every item by gossip');
 
-      // the peer a write of this tenant asks has a slow disk: after the hedge delay the other is asked
+      // the peer a write of this tenant asks has a slow disk: after the hedge delay the other is
+      // asked, with the update of the write before (held back for its gossip window), which this
+      // one builds on
       const t = 'slow';
       const [home, ...others] = pool.replicas(t).map((r) => mesh.counters.find((c) => c.id === r.id)!);
       const shard = home!.counter!.shardOf(t);
       const asked = others.sort((a, b) => rendezvousScore(shard, b.id) - rendezvousScore(shard, a.id))[0]!;
+      await mesh.settle([writeQuorum(pool.replicas(t), [{ tenant: t, id: 'x' }], 2)]);
       asked.disk.fsyncFloorMs = 1_000;
       const sentBefore = replicates();
       const t0 = mesh.clock.now();
       await mesh.settle([writeQuorum(pool.replicas(t), [{ tenant: t, id: 'y' }], 2)]);
       const took = mesh.clock.now() - t0;
-      mesh.sent.set(t, new Set(['y']));
-      mesh.acked.set(t, new Set(['y']));
+      mesh.sent.set(t, new Set(['x', 'y']));
+      mesh.acked.set(t, new Set(['x', 'y']));
       assert.is(replicates() - sentBefore, 2, 'the write asked the slow peer, then the other');
       assert.ok(took >= REPLICATE_HEDGE_MS && took < 1_000, `acknowledged after ${took} ms: past the hedge delay, before the slow disk's fsync`);
       asked.disk.fsyncFloorMs = 0;

@@ -561,12 +561,22 @@ export class Gossip {
       }
       return f;
     };
+    // a peer's updates of the shard held back for gossip go with it: this one builds on them
+    // (one writer's structs), and the peer could not apply it, nor answer, without them
+    const frameFor = (p: Peer, shard: number): Uint8Array => {
+      const heldBack = p.heldBack.get(shard);
+      if (!heldBack) return frameOf(shard);
+      p.heldBack.delete(shard);
+      const update = merged.get(shard)!;
+      if (!heldBack.includes(update)) heldBack.push(update);
+      return writeShardReplicate(ackId, shard, Y.mergeUpdates(heldBack));
+    };
     const ask = (p: Peer, shards: readonly number[]) => {
       if (!p.sock.open) return;
       // the frames leave now, in one socket write (it costs more here than the rest of a small write)
       for (const [i, shard] of shards.entries()) {
-        if (i < shards.length - 1) p.sock.send(frameOf(shard));
-        else p.sock.sendNow(frameOf(shard));
+        if (i < shards.length - 1) p.sock.send(frameFor(p, shard));
+        else p.sock.sendNow(frameFor(p, shard));
       }
       // the peer has the write once it acknowledged every shard of it that it holds
       const waiting = p.awaitingAcks;
