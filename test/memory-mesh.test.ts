@@ -70,7 +70,9 @@ test('a partitioned counter catches up after the heal; a crashed one after its r
       const ok = await writeLoad(mesh, rng, 30, 10, 'p');
       assert.ok(ok > 0, 'writes went through the counter still reachable');
       assert.ok(TENANTS.reduce((n, t) => n + mesh.counters[1]!.counter!.count(t), 0) > 0, 'the reachable counter took writes');
-      assert.not.ok(mesh.converged(), 'the cut-off counter lags during the partition');
+      // asked directly: converged() compares only the counters that serve, and a cut-off one may not
+      const lagging = TENANTS.filter((t) => c1!.counter!.count(t) < c2!.counter!.count(t));
+      assert.ok(lagging.length > 0, 'the cut-off counter lags during the partition');
       mesh.net.heal();
       await mesh.startCounter(2);
       await mesh.until(() => mesh.converged(), 10_000, 'every counter converges after heal and restart');

@@ -621,7 +621,7 @@ export class Gossip {
     this.outboxTimer = null;
     const outbox = this.outbox;
     this.outbox = new Map();
-    for (const [origin, byShard] of outbox) this.forward(origin, byShard);
+    // held-back updates first: ours gathered since build on them
     for (const p of this.peers) {
       if (p.heldBack.size === 0) continue;
       const heldBack = p.heldBack;
@@ -631,6 +631,7 @@ export class Gossip {
         p.sock.send(writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)));
       }
     }
+    for (const [origin, byShard] of outbox) this.forward(origin, byShard);
   };
 
   /**
