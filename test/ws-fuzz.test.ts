@@ -373,7 +373,10 @@ function defineTests(overTls: boolean): void {
     for (let i = 0; i < 3000; i++) send(conn.ws, { kind: 'count', data: writeCount(i + 1, `wsfz-flood-${i % 7}`) });
     for (let i = 0; i < 3000; i++) send(conn.ws, malformed());
     const { code } = await closedWithin(conn.closed, 10_000, 'flood');
-    assert.ok(REFUSED.has(code), `close code ${code}`);
+    // the counter closes with a code while thousands of our frames are still unread on its side;
+    // closing a socket with unread data sends a reset, which can reach us before its close frame
+    // is read (1006). The log line below shows the refusal was the counter's.
+    assert.ok(REFUSED.has(code) || code === 1006, `close code ${code}`);
     assert.ok(replies >= 3000, `the valid requests before the fault were answered (${replies})`);
     await waitFor(() => logLines(conn.port).length > 0, 3000, 'the flood is logged');
     assert.is(logLines(conn.port).length, 1, `logged once\n${logLines(conn.port).join('\n')}`);
