@@ -373,9 +373,10 @@ function defineTests(overTls: boolean): void {
     for (let i = 0; i < 3000; i++) send(conn.ws, { kind: 'count', data: writeCount(i + 1, `wsfz-flood-${i % 7}`) });
     for (let i = 0; i < 3000; i++) send(conn.ws, malformed());
     const { code } = await closedWithin(conn.closed, 10_000, 'flood');
-    // the counter closes with a code while thousands of our frames are still unread on its side;
-    // closing a socket with unread data sends a reset, which can reach us before its close frame
-    // is read (1006). The log line below shows the refusal was the counter's.
+    // the counter closes with a code while thousands of our frames are still unread on its side:
+    // our close frame queues behind them, and on a loaded machine the counter's 1 s wait for it can
+    // run out, or its reset can reach us before its close frame is read; either way the connection
+    // drops without a close code here (1006). The log line below shows the refusal was the counter's.
     assert.ok(REFUSED.has(code) || code === 1006, `close code ${code}`);
     assert.ok(replies >= 3000, `the valid requests before the fault were answered (${replies})`);
     await waitFor(() => logLines(conn.port).length > 0, 3000, 'the flood is logged');
