@@ -110,7 +110,7 @@ test('counter link batching: the adds of one turn leave as one Add frame; later 
   withSeed('batching', async (seed) => {
     const mesh = await MemoryMesh.start({ seed, counters: 2, coordinators: 1 });
     try {
-      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'both counters ready');
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'every counter ready');
       const adds = () => mesh.net.sentByType.get(MessageType.Add) ?? 0;
       const wave = (n: number, tag: string) => Array.from({ length: n }, (_, i) => mesh.write(0, [{ tenant: 'acme', id: `${tag}-${i}` }]));
       const before = adds();
@@ -137,7 +137,7 @@ test('a restarting counter replays its log in steps, not ready and saying how fa
   withSeed('replay-steps', async (seed, rng) => {
     const mesh = await MemoryMesh.start({ seed, counters: 3, coordinators: 1, replayStepBytes: 512 });
     try {
-      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'both counters ready');
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'every counter ready');
       assert.is(await writeLoad(mesh, rng, 40, 5, 'rs'), 40);
       await mesh.until(() => mesh.converged(), 5_000, 'converged before the crash');
       await mesh.crashCounter(1);
