@@ -160,6 +160,32 @@ test('a restarting counter replays its log in steps, not ready and saying how fa
     }
   }));
 
+test('a peer link whose hello was lost is closed and dialed again: a joining counter ends linked to every member', () =>
+  withSeed('lost-hello', async (seed) => {
+    const mesh = await MemoryMesh.start({ seed, counters: 2, coordinators: 1 });
+    try {
+      await mesh.until(() => mesh.pools[0]!.view().every((v) => v.ready), 10_000, 'every counter ready');
+      // the first hello counter-1 sends the new counter is lost, the link staying open (a half-open
+      // link): counter-1 knows the new counter by that link and does not dial it
+      const carry = mesh.net.carry.bind(mesh.net);
+      let lost = 0;
+      mesh.net.carry = (from, frame) => {
+        if (lost === 0 && from.self === 'counter-1' && from.other === 'counter-3' && frame[0] === MessageType.Hello) {
+          lost++;
+          return;
+        }
+        carry(from, frame);
+      };
+      const joined = await mesh.addCounter();
+      const c = mesh.counters[joined]!.counter!;
+      await mesh.until(() => lost === 1 && c.connectedPeers() === 2, 10_000, 'the new counter linked to both members after the lost hello');
+      assert.is(lost, 1, 'the hello was lost');
+      mesh.compare();
+    } finally {
+      await mesh.close();
+    }
+  }));
+
 test('a replayed seed gives the same run', async () => {
   const digests: string[] = [];
   const counts: number[][] = [];

@@ -45,6 +45,8 @@ const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
  * or gone but not yet timed out, costs a write this much and not its whole wait.
  */
 export const REPLICATE_HEDGE_MS = 25;
+/** A peer link that has not said hello after this many heartbeats is closed. */
+const HELLO_WAIT_HEARTBEATS = 2;
 
 interface Peer {
   sock: MeshSocket;
@@ -65,6 +67,8 @@ interface Peer {
   heldBack: Map<number, Uint8Array[]>;
   /** Per shard, the state vector of the peer's latest sync step 1: what it held then. */
   stateVectors: Map<number, Map<number, number>>;
+  /** Closes the link if its hello has not come (cleared once it came, or the link closed). */
+  helloTimer: TimerHandle | null;
 }
 
 /** What a member announces of its shards in its awareness state. */
@@ -307,8 +311,14 @@ export class Gossip {
     let peer: Peer | null = null;
     // no message can arrive before attach returns: wires deliver asynchronously
     const sock = attach({ onMessage: (msg) => this.onPeerMessage(peer!, msg), onClose: () => this.onPeerClose(peer!) });
-    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map(), heldBack: new Map(), stateVectors: new Map() };
+    peer = { sock, id: null, address: dialedAddress, origin: { kind: 'peer', peerId: sock.remote, connection: sock }, step2Waiters: new Map(), unsynced: new Set(), awaitingAcks: new Map(), heldBack: new Map(), stateVectors: new Map(), helloTimer: null };
     this.peers.add(peer);
+    // a link whose hello never came is no link (its dialer would never dial again): drop it, and
+    // the side that dialed dials again
+    const linked = peer;
+    peer.helloTimer = this.clock.setTimeout(() => {
+      if (linked.id === null) linked.sock.close(CloseCode.ProtocolError, `no hello within ${HELLO_WAIT_HEARTBEATS} heartbeats`);
+    }, HELLO_WAIT_HEARTBEATS * this.config.heartbeatMs);
     sock.send(writeHello({ role: 'peer', nodeId: this.config.id, address: this.config.advertiseAddress, shards: this.shards.count }));
     sock.send(this.membership.step1());
     // every shard held is asked for: a peer that lacks one answers NotHeld
@@ -323,6 +333,7 @@ export class Gossip {
 
   private onPeerClose(peer: Peer): void {
     this.peers.delete(peer);
+    this.clock.clear(peer.helloTimer);
     for (const waiters of peer.step2Waiters.values()) for (const w of waiters.splice(0)) w(false);
     const unanswered = [...peer.awaitingAcks.values()];
     peer.awaitingAcks.clear();
@@ -351,6 +362,7 @@ export class Gossip {
           return;
         }
         peer.id = msg.hello.nodeId;
+        this.clock.clear(peer.helloTimer);
         peer.address ??= msg.hello.address;
         peer.origin = { kind: 'peer', peerId: peer.id, connection: peer.sock };
         this.publishLinks();
