@@ -20,6 +20,7 @@
  */
 import * as Y from 'yjs';
 import * as decoding from 'lib0/decoding';
+import * as map from 'lib0/map';
 import * as syncProtocol from 'y-protocols/sync';
 import * as awarenessProtocol from 'y-protocols/awareness';
 import type { Logger } from 'pino';
@@ -47,6 +48,11 @@ const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
 export const REPLICATE_HEDGE_MS = 25;
 /** A peer link that has not said hello after this many heartbeats is closed. */
 const HELLO_WAIT_HEARTBEATS = 2;
+
+/** One update holding all of `updates` (the update itself when there is one). */
+function mergedUpdate(updates: readonly Uint8Array[]): Uint8Array {
+  return updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates as Uint8Array[]);
+}
 
 interface Peer {
   sock: MeshSocket;
@@ -542,16 +548,12 @@ export class Gossip {
       const list = gathered?.get(shard) ?? [];
       gathered?.delete(shard);
       list.push(update);
-      merged.set(shard, list.length === 1 ? list[0]! : Y.mergeUpdates(list));
+      merged.set(shard, mergedUpdate(list));
     }
     const links = this.linksOnePerPeer();
     const now = new Map<Peer, number[]>();
     const later = new Map<Peer, number[]>();
-    const add = (to: Map<Peer, number[]>, p: Peer, shard: number) => {
-      const list = to.get(p);
-      if (list) list.push(shard);
-      else to.set(p, [shard]);
-    };
+    const add = (to: Map<Peer, number[]>, p: Peer, shard: number) => map.setIfUndefined(to, p, (): number[] => []).push(shard);
     for (const shard of merged.keys()) {
       const holders = links.filter((p) => this.holds(p, shard));
       const counting = holders.filter((p) => p.id !== null && acks.counts(p.id, shard));
@@ -581,7 +583,7 @@ export class Gossip {
       p.heldBack.delete(shard);
       const update = merged.get(shard)!;
       if (!heldBack.includes(update)) heldBack.push(update);
-      return writeShardReplicate(ackId, shard, Y.mergeUpdates(heldBack));
+      return writeShardReplicate(ackId, shard, mergedUpdate(heldBack));
     };
     const ask = (p: Peer, shards: readonly number[]) => {
       if (!p.sock.open) return;
@@ -601,11 +603,7 @@ export class Gossip {
       return;
     }
     for (const [p, shards] of later) {
-      for (const shard of shards) {
-        const pending = p.heldBack.get(shard);
-        if (pending) pending.push(merged.get(shard)!);
-        else p.heldBack.set(shard, [merged.get(shard)!]);
-      }
+      for (const shard of shards) map.setIfUndefined(p.heldBack, shard, (): Uint8Array[] => []).push(merged.get(shard)!);
     }
     this.outboxTimer ??= this.clock.setTimeout(this.flushOutbox, this.config.gossipDelayMs);
     acks.hedge(REPLICATE_HEDGE_MS, () => {
@@ -639,7 +637,7 @@ export class Gossip {
       const heldBack = p.heldBack;
       p.heldBack = new Map();
       for (const [shard, updates] of heldBack) {
-        const merged = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates);
+        const merged = mergedUpdate(updates);
         p.sock.send(writeShardSync(shard, (e) => syncProtocol.writeUpdate(e, merged)));
       }
     }
@@ -657,18 +655,15 @@ export class Gossip {
     for (const [shard, updates] of byShard) frames.push({ shard, updates, frame: null });
     const frameOf = (f: (typeof frames)[number]): Uint8Array => {
       if (f.frame) return f.frame;
-      const merged = f.updates.length === 1 ? f.updates[0]! : Y.mergeUpdates(f.updates);
+      const merged = mergedUpdate(f.updates);
       f.frame = writeShardSync(f.shard, (e) => syncProtocol.writeUpdate(e, merged));
       return f.frame;
     };
-    // two counters that dialed each other share two sockets; one copy per peer is enough
-    const sentTo = new Set<string>();
     const from = origin.kind === 'peer' ? origin.peerId : null;
     const reachedBySender = from === null ? undefined : this.announcedLinks().get(from);
-    for (const p of this.peers) {
-      if (p.origin === origin || p.sock.buffered > MAX_BUFFERED_BYTES) continue;
-      if (p.id !== null && (p.id === from || sentTo.has(p.id) || reachedBySender?.has(p.id))) continue;
-      if (p.id !== null) sentTo.add(p.id);
+    for (const p of this.linksOnePerPeer()) {
+      if (p.origin === origin) continue;
+      if (p.id !== null && (p.id === from || reachedBySender?.has(p.id))) continue;
       // only to peers that hold the shard (or may: their state has not come yet)
       for (const f of frames) if (this.holds(p, f.shard)) p.sock.send(frameOf(f));
     }
