@@ -26,7 +26,7 @@ const SHAPE: Record<string, string[]> = {
   get_count_quorum: ['rps', 'p50_ms', 'p99_ms', 'ceiling_rps', 'ratio'],
   memory: ['items', 'tenants', 'rss_bytes_per_item', 'rss_bytes_per_item_no_gc', 'heap_bytes_per_item'],
   restart: ['items', 'ms', 'ms_20m'],
-  scale: ['items', 'counters', 'items_per_counter_ratio', 'rss_bytes_per_item', 'rss_bytes_per_item_gc'],
+  scale: ['items', 'counters', 'items_per_counter_ratio', 'pss_bytes_per_item', 'rss_bytes_per_item', 'rss_bytes_per_item_gc'],
   join: ['items', 'ms'],
   compaction: ['items', 'post_p99_ms', 'compactions'],
   catch_up: ['items', 'ms'],

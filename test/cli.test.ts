@@ -93,6 +93,39 @@ test('the package bin runs from any directory', async () => {
   assert.ok(r.stdout.startsWith('Usage: counter-mesh coordinator'), r.stdout);
 });
 
+test('the package bin runs dist/counter-mesh.mjs only while it is newer than the sources, else the sources', async () => {
+  // a copy of the package's layout: its own bin and dist, the repository's sources and packages
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cm-bin-'));
+  try {
+    fs.mkdirSync(path.join(dir, 'bin'));
+    fs.mkdirSync(path.join(dir, 'dist'));
+    fs.copyFileSync(BIN, path.join(dir, 'bin', 'counter-mesh.mjs'));
+    fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
+    fs.symlinkSync(path.join(ROOT, 'src'), path.join(dir, 'src'), 'dir');
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'), 'dir');
+    const bin = [path.join(dir, 'bin', 'counter-mesh.mjs')];
+    const bundle = path.join(dir, 'dist', 'counter-mesh.mjs');
+
+    const sources = await run(['--help'], {}, { entry: bin, cwd: os.tmpdir() });
+    assert.is(sources.code, 0, `no build: the sources run\n${sources.stderr}`);
+    assert.match(sources.stdout, /Usage: counter-mesh <command>/);
+
+    fs.writeFileSync(bundle, "process.stdout.write('the bundle ran with ' + JSON.stringify(process.argv.slice(2)) + '\\n');\n");
+    const fresh = await run(['counter', '--help'], {}, { entry: bin, cwd: os.tmpdir() });
+    assert.is(fresh.code, 0, fresh.stderr);
+    assert.is(fresh.stdout, 'the bundle ran with ["counter","--help"]\n');
+
+    // older than a source file: an edit since the build is not shadowed by it
+    const old = new Date('2001-01-01T00:00:00Z');
+    fs.utimesSync(bundle, old, old);
+    const stale = await run(['--help'], {}, { entry: bin, cwd: os.tmpdir() });
+    assert.is(stale.code, 0, stale.stderr);
+    assert.match(stale.stdout, /Usage: counter-mesh <command>/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('no command prints the usage and exits non-zero', async () => {
   const r = await run([]);
   assert.is(r.code, 1);

@@ -276,7 +276,7 @@ test('pods run as a non-root user with a read-only root filesystem, no privilege
       assert.is(c.securityContext?.readOnlyRootFilesystem, true, `${c.name} read-only root`);
       assert.is(c.securityContext?.allowPrivilegeEscalation, false);
       assert.equal(c.securityContext?.capabilities?.drop, ['ALL']);
-      assert.ok(c.volumeMounts?.some((v) => v.mountPath === '/tmp'), `${c.name}: a writable /tmp for tsx's cache`);
+      assert.ok(c.volumeMounts?.some((v) => v.mountPath === '/tmp'), `${c.name}: a writable /tmp (the root filesystem is read-only)`);
       assert.ok(c.resources?.requests?.memory && c.resources.limits?.memory, `${c.name}: memory request and limit`);
     }
   }

@@ -8,11 +8,10 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { tsxLoaderUrl } from '../shared/tsx-loader.ts';
 import type { Env, LauncherConfig } from '../shared/config.ts';
 
-const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
-const TSX_LOADER = tsxLoaderUrl();
+/** The command line's own entry point: it runs the build (dist/) while that is fresh, else the sources through tsx. */
+const BIN = fileURLToPath(new URL('../../bin/counter-mesh.mjs', import.meta.url));
 const RESTART_DELAY_MS = 1000;
 /** A child that keeps dying right after start (bad setting, port taken) is retried ever more slowly. */
 const MAX_RESTART_DELAY_MS = 30_000;
@@ -29,9 +28,9 @@ interface Child {
   startedAt: number;
 }
 
-/** Spawns `counter-mesh <command>` under the same Node with tsx, with `env` on top of ours. */
+/** Spawns `counter-mesh <command>` under the same Node, with `env` on top of ours. */
 export function spawnMeshProcess(command: string, env: Env, stdio: 'pipe' | 'inherit' | 'ignore' = 'pipe'): ChildProcess {
-  return spawn(process.execPath, ['--import', TSX_LOADER, MAIN, command], {
+  return spawn(process.execPath, [BIN, command], {
     env: { ...process.env, ...env },
     stdio: ['ignore', stdio, stdio],
   });

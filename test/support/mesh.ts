@@ -23,11 +23,11 @@ const TSX_LOADER = tsxLoaderUrl();
 
 /**
  * How a mesh process runs the CLI: through tsx, or, when the test runner (tools/test/run.ts) has
- * bundled it into COUNTER_MESH_TEST_BUILD, as plain JavaScript, which starts in about a quarter of the CPU.
+ * bundled it into the file COUNTER_MESH_TEST_BUILD names, as plain JavaScript, which starts in about a quarter of the CPU.
  */
 function cliEntry(): string[] {
   const built = process.env.COUNTER_MESH_TEST_BUILD;
-  return built ? [path.join(built, 'src', 'cli', 'main.js')] : ['--import', TSX_LOADER, MAIN];
+  return built ? [built] : ['--import', TSX_LOADER, MAIN];
 }
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {

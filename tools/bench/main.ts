@@ -31,6 +31,7 @@ import { TENANTS, TENANT_NAMES, fill, nextId, randomTenant, roundRobinCount } fr
 import { CounterClient, loadBatches } from './loader.ts';
 import { formatProfile, summarizeProfile } from './profile.ts';
 import { shardedFigures } from './scale.ts';
+import { bundleForRun } from '../build.ts';
 import { runIfScript } from '../script.ts';
 
 const CEILING_SCRIPT = fileURLToPath(new URL('./ceiling.ts', import.meta.url));
@@ -122,7 +123,7 @@ export interface Figures {
   /** ms: the memory counter (alone, graceful stop); ms_20m: one counter of the join mesh, kill -9, until a sample of its tenants counts right. */
   restart: { items?: number; ms?: number; ms_20m?: number };
   /** 6 counters, factor 3: the largest counter's items / all items; RSS of all counters / all items, as found and after restart + full GC. */
-  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number };
+  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number; pss_bytes_per_item: number };
   /** A fourth counter joining 3 (factor 3) that hold `items`: from spawn until it serves every shard placed on it. */
   join: { items: number; ms: number };
   /** POST p99 (post_single through the coordinator) over a round in which `compactions` shard compactions happened. */
@@ -700,6 +701,12 @@ export async function runBench(argv: string[]): Promise<number> {
   };
   process.once('SIGINT', onSignal);
   try {
+    // the mesh's processes run the product bundled, as `npm start` and the image run it (tools/build.ts)
+    if (!process.env.COUNTER_MESH_TEST_BUILD) {
+      const bundle = await bundleForRun();
+      process.env.COUNTER_MESH_TEST_BUILD = bundle;
+      cleanups.push(async () => fs.rmSync(path.dirname(bundle), { recursive: true, force: true }));
+    }
     if (opts.profileDir) return await profileRun(opts, root, secret, say, cleanups);
     if (opts.mesh === 'compare' || opts.ab) return await compareMeshes(opts, root, secret, say, cleanups);
 

@@ -5,7 +5,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { waitFor } from '../../src/shared/wait.ts';
@@ -16,14 +15,14 @@ import { placeShards } from '../../src/shared/placement.ts';
 export const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
 /**
- * How a process runs the CLI: through tsx, or, under the test runner (tools/test/run.ts, which
- * bundles it into COUNTER_MESH_TEST_BUILD), as plain JavaScript, as the test meshes do: about
- * 1 s less CPU for each of the smoke run's few dozen process starts. Scripts (.ts) keep tsx.
+ * How a process runs the CLI: as the plain JavaScript bundle in the file COUNTER_MESH_TEST_BUILD
+ * names (the benchmark makes one at start, as the test runner does: the product as `npm start`
+ * and the image run it), else through tsx. Scripts (.ts) keep tsx.
  */
 function entry(command: string): string[] {
   if (command.endsWith('.ts')) return ['--import', 'tsx', command];
   const built = process.env.COUNTER_MESH_TEST_BUILD;
-  return built ? [path.join(built, 'src', 'cli', 'main.js'), command] : ['--import', 'tsx', MAIN, command];
+  return built ? [built, command] : ['--import', 'tsx', MAIN, command];
 }
 
 /** A Node child running `counter-mesh <command>` (or any script) under tsx, with extra Node flags. */
@@ -109,6 +108,18 @@ export function rssBytes(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
   if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/**
+ * The process's proportional set size: its private pages plus its share of pages mapped by
+ * several processes (the node binary, shared libraries). Summed over processes, the physical
+ * memory they use together, where summed RSS counts every shared page once per process.
+ */
+export function pssBytes(pid: number): number {
+  const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const m = /^Pss:\s+(\d+)\s+kB/m.exec(rollup);
+  if (!m) throw new Error(`no Pss for pid ${pid}`);
   return Number(m[1]) * 1024;
 }
 

@@ -14,7 +14,7 @@ import { placeShards, shardOf } from '../../src/shared/placement.ts';
 import { waitFor } from '../../src/shared/wait.ts';
 import type { Item } from '../../src/protocol/messages.ts';
 import { startDirectMesh, type DirectCounter, type DirectMesh } from './direct-mesh.ts';
-import { Inspector, placedOn, rssBytes, servesPlaced, sleep, type CounterEndpoint, type CounterStatus } from './procs.ts';
+import { Inspector, placedOn, pssBytes, rssBytes, servesPlaced, sleep, type CounterEndpoint, type CounterStatus } from './procs.ts';
 import { ShardedLoader } from './loader.ts';
 import { TENANTS, TENANT_NAMES, fill, nextId, roundRobinCount } from './items.ts';
 import { bytesToCompaction } from './shard-logs.ts';
@@ -28,7 +28,7 @@ export interface ScaleOptions {
 }
 
 export interface ScaleFigures {
-  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number };
+  scale: { items: number; counters: number; items_per_counter_ratio: number; rss_bytes_per_item: number; rss_bytes_per_item_gc: number; pss_bytes_per_item: number };
   join: { items: number; ms: number };
   restart_ms_20m: number;
   compaction: { items: number; post_p99_ms: number; compactions: number };
@@ -94,6 +94,7 @@ async function scaleFigures(o: ScaleOptions, root: string, secret: string, say: 
     await sleep(200);
     const rss = mesh.nodes.map((x) => rssBytes(x.proc.pid));
     const noGc = rss.reduce((a, b) => a + b, 0) / n;
+    const pss = mesh.nodes.map((x) => pssBytes(x.proc.pid)).reduce((a, b) => a + b, 0) / n;
     // the other way: fresh processes (restarted from their data), a full GC in each, then RSS
     for (const x of mesh.nodes) await x.proc.kill('SIGTERM');
     for (const x of mesh.nodes) {
@@ -113,12 +114,12 @@ async function scaleFigures(o: ScaleOptions, root: string, secret: string, say: 
       }
     }
     const gc = rssGc.reduce((a, b) => a + b, 0) / n;
-    say(`  scale: largest counter ${(ratio * 100).toFixed(1)}% of ${fmt(n)} items; RSS ${noGc.toFixed(1)} B/item as found, ${gc.toFixed(1)} B/item after restart + full GC`);
+    say(`  scale: largest counter ${(ratio * 100).toFixed(1)}% of ${fmt(n)} items; RSS ${noGc.toFixed(1)} B/item as found (PSS ${pss.toFixed(1)}), ${gc.toFixed(1)} B/item after restart + full GC`);
     notes.push(
       `scale: 6 counters, REPLICATION_FACTOR 3, SHARDS ${SETTINGS.SHARDS}, ${fmt(n)} items loaded to each shard's home replica (gossip copies the rest); counters hold ${held.map(fmt).join(' / ')} items; ` +
-        `RSS as found after the load ${rss.map(mb).join(' / ')} (rss_bytes_per_item: sum / items, no GC forced); after a restart with --inspect and a full GC ${rssGc.map(mb).join(' / ')} (rss_bytes_per_item_gc). Both include each process's fixed RSS (Node + tsx, ~100 MiB empty)`,
+        `RSS as found after the load ${rss.map(mb).join(' / ')} (rss_bytes_per_item: sum / items, no GC forced); after a restart with --inspect and a full GC ${rssGc.map(mb).join(' / ')} (rss_bytes_per_item_gc). Both include each process's fixed RSS (about 70 MiB for an empty counter, 43 MiB of it the node binary and libraries mapped from files, which every process counts again); pss_bytes_per_item is the same moment as the first, in proportional set size (shared pages split among the processes mapping them)`,
     );
-    return { items: n, counters: 6, items_per_counter_ratio: Math.round(ratio * 1000) / 1000, rss_bytes_per_item: Math.round(noGc * 10) / 10, rss_bytes_per_item_gc: Math.round(gc * 10) / 10 };
+    return { items: n, counters: 6, items_per_counter_ratio: Math.round(ratio * 1000) / 1000, rss_bytes_per_item: Math.round(noGc * 10) / 10, rss_bytes_per_item_gc: Math.round(gc * 10) / 10, pss_bytes_per_item: Math.round(pss * 10) / 10 };
   } finally {
     await mesh.close();
   }

@@ -10,7 +10,7 @@
  * At the end, one line per group gives its files' seconds (from uvu's file headers), to keep
  * SECONDS current.
  *
- * Before the runs, the CLI is bundled once into plain JavaScript (build.ts) and handed to the test
+ * Before the runs, the CLI is bundled once into plain JavaScript (tools/build.ts) and handed to the test
  * meshes through COUNTER_MESH_TEST_BUILD, so their processes start without the tsx loader.
  *
  * `npm test -- PATTERN` runs only the files whose name matches the regular expression PATTERN.
@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { buildSources } from './build.ts';
+import { bundleForRun } from '../build.ts';
 import { runIfScript } from '../script.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -150,7 +150,7 @@ export async function runTests(argv: string[]): Promise<number> {
     process.stderr.write(`TEST_GROUPS=${process.env.TEST_GROUPS} is not a whole number of at least 1\n`);
     return 1;
   }
-  const build = await buildSources();
+  const build = await bundleForRun();
   const env = { ...process.env, COUNTER_MESH_TEST_BUILD: build };
   const groups = balance(files.filter((f) => !ALONE.has(f)), GROUPS);
   const alone = files.filter((f) => ALONE.has(f));
@@ -190,7 +190,7 @@ export async function runTests(argv: string[]): Promise<number> {
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
-    fs.rmSync(build, { recursive: true, force: true });
+    fs.rmSync(path.dirname(build), { recursive: true, force: true });
   }
 }
 
