@@ -243,4 +243,54 @@ test(`property: same with forced hash collisions, 6k operations (SEED=${SEED})`,
   property(new CollidingIndex(), 6_000, 3_000, 5);
 });
 
+
+test('reserve sizes the index once: the adds it was made for do not grow it, and what was held stays', () => {
+  const ix = new IdIndex();
+  for (let i = 0; i < 1000; i++) ix.add(`t${i % 7}`, `before-${i}`);
+  ix.reserve(ix.size + 50_000);
+  const reserved = ix.byteLength;
+  for (let i = 0; i < 1000; i++) assert.ok(ix.has(`t${i % 7}`, `before-${i}`), `before-${i} still held after the rehash`);
+  for (let i = 0; i < 50_000; i++) assert.ok(ix.add(`t${i % 7}`, `after-${i}`));
+  assert.is(ix.byteLength, reserved, 'no growth during the adds reserved for');
+  assert.is(ix.size, 51_000);
+  assert.is(ix.count('t0'), Math.ceil(1000 / 7) + Math.ceil(50_000 / 7));
+  ix.reserve(10);
+  assert.is(ix.byteLength, reserved, 'never shrinks');
+  assert.not.ok(ix.add('t3', 'after-3'), 'still a set');
+});
+
+test(`addSpan, reading tenant and id out of a record text, agrees with add (SEED=${SEED})`, () => {
+  for (const [byString, bySpan] of [[new IdIndex(), new IdIndex()], [new CollidingIndex(), new CollidingIndex()]] as const) {
+    const pairs: [string, string][] = [];
+    for (let i = 0; i < 20_000; i++) {
+      const tenant = pick(tenantNames);
+      const id = pairs.length > 0 && rnd() < 0.3 ? variant(pick(pairs)[1]) : rnd() < 0.1 && pairs.length > 0 ? pick(pairs)[1] : randomString(24);
+      pairs.push([tenant, id]);
+    }
+    // one text holding every pair as [tenant][id] with junk between, as spans into it
+    let text = '';
+    const spans: [number, number, number, number][] = [];
+    for (const [t, id] of pairs) {
+      text += randomString(3);
+      const ts = text.length;
+      text += t;
+      const is = text.length;
+      text += id;
+      spans.push([ts, t.length, is, id.length]);
+    }
+    for (const [i, [t, id]] of pairs.entries()) {
+      const [ts, tl, is, il] = spans[i]!;
+      const added = byString.add(t, id);
+      assert.is(bySpan.addSpan(text, ts, tl, is, il), added ? t : null, `pair ${i}`);
+    }
+    assert.is(bySpan.size, byString.size);
+    assert.is(bySpan.tenants, byString.tenants);
+    for (const t of tenantNames) {
+      assert.is(bySpan.count(t), byString.count(t), t);
+      assert.is(bySpan.digest(t), byString.digest(t), t);
+    }
+    for (const [t, id] of pairs.slice(0, 500)) assert.ok(bySpan.has(t, id));
+  }
+});
+
 test.run();

@@ -179,7 +179,7 @@ export class Counter implements CounterApi {
       linkedPeers: () => gossip.linkedPeers(),
       peerShards: (id: string) => gossip.peerShards(id),
       peerCovers: (id: string, shard: number, required: ReadonlyMap<number, number>) => gossip.peerCovers(id, shard, required),
-      syncShard: (id: string, shard: number) => gossip.syncShard(id, shard),
+      syncShard: (id: string, shard: number, timeoutMs: number) => gossip.syncShard(id, shard, timeoutMs),
       announceShards: (held: readonly number[], serving: readonly number[]) => gossip.announceShards(held, serving),
     };
     const host = {

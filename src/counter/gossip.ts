@@ -99,6 +99,7 @@ export interface ShardUpdate {
 
 const noWaiter = (): void => {};
 
+
 export interface GossipEvents {
   /** A peer's full state (its answers to our first sync step 1 of every shard) was applied. */
   onSynced: (peerId: string | null) => void;
@@ -124,6 +125,8 @@ export class Gossip {
   /** Addresses that turned out to be ourselves. */
   private readonly selfAddresses = new Set<string>();
   private readonly antiEntropy: TimerHandle;
+  /** Catch-up waiters that gave up on their answer (see syncShard). */
+  private readonly timedOut = new WeakSet<(ok: boolean) => void>();
   /** Peer id → the peer ids it announced being connected to; rebuilt after awareness changes. */
   private linksOf: Map<string, ReadonlySet<string>> | null = null;
   /** Updates not yet sent, by where they came from (which decides who gets them), then by shard. */
@@ -220,15 +223,34 @@ export class Gossip {
   /**
    * Catch-up of one shard from one peer: a sync step 1 out of turn. Resolves true once the
    * peer's answer is applied here, false when the peer does not hold the shard, the link closed,
-   * or no link to it is open.
+   * no link to it is open, or no answer came within `timeoutMs` (a later answer is applied all the same).
    */
-  syncShard(peerId: string, shardId: number): Promise<boolean> {
+  syncShard(peerId: string, shardId: number, timeoutMs: number): Promise<boolean> {
     const shard = this.shards.get(shardId);
     let peer: Peer | undefined;
     for (const p of this.peers) if (p.id === peerId && p.sock.open) peer = p;
     if (!peer || !shard) return Promise.resolve(false);
     const asked = peer;
-    return new Promise((resolve) => this.sendStep1(asked, shard, resolve));
+    // answers settle the waiters in order; one that timed out is still queued, and if its answer
+    // was lost this step 1's answer would settle it and ours would wait for good. So for each such
+    // waiter another step 1 goes after ours: ours is then settled by the answer to ours or to a
+    // later one (never by an older state), whichever way the earlier answers went.
+    const stale = (asked.step2Waiters.get(shardId) ?? []).filter((w) => this.timedOut.has(w)).length;
+    return new Promise((resolve) => {
+      let settled = false;
+      const settle = (ok: boolean) => {
+        if (settled) return;
+        settled = true;
+        this.clock.clear(timer);
+        resolve(ok);
+      };
+      const timer = this.clock.setTimeout(() => {
+        this.timedOut.add(settle);
+        settle(false);
+      }, timeoutMs);
+      this.sendStep1(asked, shard, settle);
+      for (let i = 0; i < stale; i++) this.sendStep1(asked, shard);
+    });
   }
 
   /**
@@ -739,6 +761,9 @@ export class Gossip {
   private compareStateVectors(): void {
     if (this.peers.size === 0) return;
     for (const shard of this.shards.held()) {
+      // a shard catching up is pulled by the keeper, from as many sources as it needs and a few
+      // shards at a time; asking every peer for it each round too made each send all of it
+      if (!shard.serving) continue;
       const frame = step1Frame(shard);
       // to every peer, not only those announcing the shard: an announcement may be lost or late,
       // and a peer that lacks the shard answers NotHeld (a few bytes)

@@ -44,6 +44,7 @@ const MAX_HEADER = 10;
 const MAX_TENANTS = 2 ** 31;
 
 interface TenantEntry {
+  readonly name: string;
   readonly no: number;
   count: number;
   /** XOR of the ids' digest hashes. */
@@ -76,17 +77,23 @@ let scratchWide = 0;
  * character (sequential ids) spread over the low bits used for indexing.
  * Also sets `scratchWide`.
  */
-function hashId(tenantNo: number, id: string): number {
+function hashId(tenantNo: number, text: string, start: number, n: number): number {
   let h = Math.imul(tenantNo ^ 0x2545f491, 0x9e3779b1) ^ 0x811c9dc5;
   let or = 0;
-  const n = id.length;
   for (let i = 0; i < n; i++) {
-    const c = id.charCodeAt(i);
+    const c = text.charCodeAt(start + i);
     or |= c;
     h = Math.imul(h ^ c, 0x01000193);
   }
   scratchWide = or > 0xff ? 1 : 0;
   return fmix32(h ^ n);
+}
+
+/** Does `name` equal text[start, start + n)? */
+function sameSpan(name: string, text: string, start: number, n: number): boolean {
+  if (name.length !== n) return false;
+  for (let i = 0; i < n; i++) if (name.charCodeAt(i) !== text.charCodeAt(start + i)) return false;
+  return true;
 }
 
 function slotsFor(items: number): number {
@@ -98,6 +105,9 @@ function slotsFor(items: number): number {
 /** Exact set of (tenant, id) pairs with O(1) per-tenant counts, stored in typed arrays. */
 export class IdIndex {
   readonly #tenants = new Map<string, TenantEntry>();
+  /** The same entries by tenant number, and an open-addressing table of numbers + 1 by name hash: a tenant found from a span of a record text without slicing it out. */
+  readonly #byNo: TenantEntry[] = [];
+  #tenantTable = new Int32Array(64);
   #arena: Uint8Array;
   /** Bytes of the arena in use. */
   #used = 0;
@@ -137,45 +147,101 @@ export class IdIndex {
 
   /** Adds the pair; returns true if it was new. */
   add(tenant: string, id: string): boolean {
-    let entry = this.#tenants.get(tenant);
-    if (entry === undefined) {
-      if (this.#tenants.size >= MAX_TENANTS) throw new RangeError('IdIndex: too many tenants');
-      entry = { no: this.#tenants.size, count: 0, dx: 0, ds: 0 };
-      // callers pass slices of large strings; keying the map by one would keep the whole parent alive
-      this.#tenants.set(flatCopy(tenant), entry);
-    }
-    const h = (hashId(entry.no, id) & this.hashMask) >>> 0;
+    return this.#addId(this.#tenants.get(tenant) ?? this.#newTenant(tenant, 0, tenant.length), id, 0, id.length);
+  }
+
+  /**
+   * Adds the pair whose tenant is text[tenantStart, + tenantLength) and whose id is
+   * text[idStart, + idLength), without slicing either out of the text (a restart indexes tens of
+   * millions of records; two short-lived strings each were most of its garbage). Returns the
+   * tenant's name when the pair was new, else null.
+   */
+  addSpan(text: string, tenantStart: number, tenantLength: number, idStart: number, idLength: number): string | null {
+    const entry = this.#tenantOfSpan(text, tenantStart, tenantLength);
+    return this.#addId(entry, text, idStart, idLength) ? entry.name : null;
+  }
+
+  has(tenant: string, id: string): boolean {
+    const entry = this.#tenants.get(tenant);
+    if (entry === undefined) return false;
+    const h = (hashId(entry.no, id, 0, id.length) & this.hashMask) >>> 0;
+    return this.#table[2 * this.#slot(h, entry.no * 2 + scratchWide, id, 0, id.length)] !== 0;
+  }
+
+  /** Adds text[start, + n) as an id of `entry`'s tenant; true if it was new. */
+  #addId(entry: TenantEntry, text: string, start: number, n: number): boolean {
+    const h = (hashId(entry.no, text, start, n) & this.hashMask) >>> 0;
     const tag = entry.no * 2 + scratchWide;
     const table = this.#table;
-    const i = this.#slot(h, tag, id);
+    const i = this.#slot(h, tag, text, start, n);
     if (table[2 * i] !== 0) return false;
-    table[2 * i] = this.#append(tag, id) + 1;
+    table[2 * i] = this.#append(tag, text, start, n) + 1;
     table[2 * i + 1] = h;
     entry.count++;
-    const g = hashId(DIGEST_SEED, id);
+    const g = hashId(DIGEST_SEED, text, start, n);
     entry.dx = (entry.dx ^ g) >>> 0;
     entry.ds = (entry.ds + remix(g)) >>> 0;
     if (++this.#size >= this.#growAt) this.#grow();
     return true;
   }
 
-  has(tenant: string, id: string): boolean {
-    const entry = this.#tenants.get(tenant);
-    if (entry === undefined) return false;
-    const h = (hashId(entry.no, id) & this.hashMask) >>> 0;
-    return this.#table[2 * this.#slot(h, entry.no * 2 + scratchWide, id)] !== 0;
+  /** The tenant named text[start, + n), added if new. */
+  #tenantOfSpan(text: string, start: number, n: number): TenantEntry {
+    const table = this.#tenantTable;
+    const mask = table.length - 1;
+    for (let i = hashId(0, text, start, n) & mask; ; i = (i + 1) & mask) {
+      const ref = table[i]!;
+      if (ref === 0) return this.#newTenant(text, start, n);
+      const entry = this.#byNo[ref - 1]!;
+      if (sameSpan(entry.name, text, start, n)) return entry;
+    }
   }
 
-  /** The slot holding the key (hash `h`, header `tag`, `id`), or the empty slot where it would go. */
-  #slot(h: number, tag: number, id: string): number {
+  #newTenant(text: string, start: number, n: number): TenantEntry {
+    if (this.#byNo.length >= MAX_TENANTS) throw new RangeError('IdIndex: too many tenants');
+    // callers pass slices of large strings; keeping one would keep the whole parent alive
+    const entry: TenantEntry = { name: flatCopy(text.slice(start, start + n)), no: this.#byNo.length, count: 0, dx: 0, ds: 0 };
+    this.#tenants.set(entry.name, entry);
+    this.#byNo.push(entry);
+    if (this.#byNo.length * 2 > this.#tenantTable.length) {
+      // at most half full: twice the size, every tenant placed again
+      this.#tenantTable = new Int32Array(this.#tenantTable.length * 2);
+      for (const e of this.#byNo) this.#placeTenant(e);
+    } else {
+      this.#placeTenant(entry);
+    }
+    return entry;
+  }
+
+  #placeTenant(entry: TenantEntry): void {
+    const table = this.#tenantTable;
+    const mask = table.length - 1;
+    let i = hashId(0, entry.name, 0, entry.name.length) & mask;
+    while (table[i] !== 0) i = (i + 1) & mask;
+    table[i] = entry.no + 1;
+  }
+
+  /** The slot holding the key (hash `h`, header `tag`, id text[start, + n)), or the empty slot where it would go. */
+  #slot(h: number, tag: number, text: string, start: number, n: number): number {
     const table = this.#table;
     const mask = this.#mask;
     let i = h & mask;
     for (;;) {
       const ref = table[2 * i]!;
-      if (ref === 0 || (table[2 * i + 1] === h && this.#equals(ref - 1, tag, id))) return i;
+      if (ref === 0 || (table[2 * i + 1] === h && this.#equals(ref - 1, tag, text, start, n))) return i;
       i = (i + 1) & mask;
     }
+  }
+
+  /**
+   * Grows the table and the arena once so that `items` pairs in all fit without further growth
+   * (the arena by a guess of bytes per key); never shrinks.
+   */
+  reserve(items: number): void {
+    const slots = slotsFor(items);
+    if (slots > this.#table.length / 2) this.#rehash(slots);
+    const bytes = Math.min(MAX_ARENA, this.#used + (items - this.#size) * BYTES_PER_ITEM_GUESS);
+    if (bytes > this.#arena.length) this.#growArena(bytes);
   }
 
   /** Distinct ids added under `tenant`; 0 for unknown tenants. */
@@ -208,8 +274,8 @@ export class IdIndex {
     return this.#arena.byteLength + this.#table.byteLength;
   }
 
-  /** Does the key stored at arena offset `off` have header tag `tag` and id `id`? */
-  #equals(off: number, tag: number, id: string): boolean {
+  /** Does the key stored at arena offset `off` have header tag `tag` and id text[start, + n)? */
+  #equals(off: number, tag: number, text: string, start: number, n: number): boolean {
     const a = this.#arena;
     let p = off;
     // Header varints, compared byte by byte against the expected encoding.
@@ -219,7 +285,6 @@ export class IdIndex {
       v >>>= 7;
     }
     if (a[p++] !== v) return false;
-    const n = id.length;
     v = n;
     while (v >= 0x80) {
       if (a[p++] !== ((v & 0x7f) | 0x80)) return false;
@@ -228,11 +293,11 @@ export class IdIndex {
     if (a[p++] !== v) return false;
     if ((tag & 1) === 0) {
       for (let i = 0; i < n; i++) {
-        if (a[p + i] !== id.charCodeAt(i)) return false;
+        if (a[p + i] !== text.charCodeAt(start + i)) return false;
       }
     } else {
       for (let i = 0; i < n; i++) {
-        const c = id.charCodeAt(i);
+        const c = text.charCodeAt(start + i);
         if (a[p] !== (c & 0xff) || a[p + 1] !== c >>> 8) return false;
         p += 2;
       }
@@ -240,9 +305,8 @@ export class IdIndex {
     return true;
   }
 
-  /** Writes a key at the end of the arena; returns its offset. */
-  #append(tag: number, id: string): number {
-    const n = id.length;
+  /** Writes a key (header `tag`, id text[start, + n)) at the end of the arena; returns its offset. */
+  #append(tag: number, text: string, start: number, n: number): number {
     const wide = tag & 1;
     const need = this.#used + MAX_HEADER + (n << wide);
     if (need > this.#arena.length) this.#growArena(need);
@@ -262,10 +326,10 @@ export class IdIndex {
     }
     a[p++] = v;
     if (wide === 0) {
-      for (let i = 0; i < n; i++) a[p++] = id.charCodeAt(i);
+      for (let i = 0; i < n; i++) a[p++] = text.charCodeAt(start + i);
     } else {
       for (let i = 0; i < n; i++) {
-        const c = id.charCodeAt(i);
+        const c = text.charCodeAt(start + i);
         a[p++] = c & 0xff;
         a[p++] = c >>> 8;
       }
@@ -292,7 +356,12 @@ export class IdIndex {
       this.#growAt = MAX_SLOTS - 1;
       return;
     }
-    const n = oldSlots * 2;
+    this.#rehash(oldSlots * 2);
+  }
+
+  /** Moves every key to a table of `n` slots (a power of two), placed by its stored hash. */
+  #rehash(n: number): void {
+    const old = this.#table;
     const table = new Uint32Array(n * 2);
     const mask = n - 1;
     for (let j = 0; j < old.length; j += 2) {

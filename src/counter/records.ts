@@ -17,6 +17,14 @@ export function encodeRecord(tenant: string, id: string): string {
  * stops early (returning a smaller number) at the first thing that is not a whole valid record.
  */
 export function decodeRecords(text: string, onRecord: (tenant: string, id: string) => void): number {
+  return decodeRecordSpans(text, (ts, tl, is, il) => onRecord(text.slice(ts, ts + tl), text.slice(is, is + il)));
+}
+
+/**
+ * The same, giving each record as where its tenant and its id are in `text` (start, length),
+ * for a reader that needs no strings of them.
+ */
+export function decodeRecordSpans(text: string, onRecord: (tenantStart: number, tenantLength: number, idStart: number, idLength: number) => void): number {
   let pos = 0;
   const end = text.length;
   while (pos < end) {
@@ -24,7 +32,7 @@ export function decodeRecords(text: string, onRecord: (tenant: string, id: strin
     if (tl === 0 || tl > MAX_FIELD_UNITS || pos + 1 + tl >= end) return pos;
     const il = text.charCodeAt(pos + 1 + tl);
     if (il === 0 || il > MAX_FIELD_UNITS || pos + 2 + tl + il > end) return pos;
-    onRecord(text.slice(pos + 1, pos + 1 + tl), text.slice(pos + 2 + tl, pos + 2 + tl + il));
+    onRecord(pos + 1, tl, pos + 2 + tl, il);
     pos += 2 + tl + il;
   }
   return pos;

@@ -54,7 +54,8 @@ export class ReplicationLag {
     private readonly clock: Clock = systemClock,
     sampleEveryMs: number | null = SAMPLE_MS,
   ) {
-    doc.on('update', this.onUpdate);
+    // not 'update': with a listener there, Yjs encodes every transaction's update, replays included
+    doc.on('afterTransaction', this.onUpdate);
     this.timer = sampleEveryMs === null ? null : clock.setInterval(() => this.sample(), sampleEveryMs);
   }
 
@@ -118,7 +119,7 @@ export class ReplicationLag {
 
   close(): void {
     if (this.timer) this.clock.clear(this.timer);
-    this.doc.off('update', this.onUpdate);
+    this.doc.off('afterTransaction', this.onUpdate);
   }
 
   private readonly onUpdate = (): void => {

@@ -17,7 +17,7 @@
  * coordinators route by.
  */
 import type { Logger } from 'pino';
-import { placeShards } from '../shared/placement.ts';
+import { placeShards, rendezvousScore } from '../shared/placement.ts';
 import { levelSize } from '../shared/levels.ts';
 import type { Clock, TimerHandle } from '../shared/clock.ts';
 import type { Membership } from './membership.ts';
@@ -31,7 +31,8 @@ export interface MeshView {
   peerShards(id: string): PeerShards | null;
   /** The peer's latest sync step 1 of the shard had every client at least at `required`'s clock. */
   peerCovers(peerId: string, shard: number, required: ReadonlyMap<number, number>): boolean;
-  syncShard(peerId: string, shard: number): Promise<boolean>;
+  /** Asks the peer for what it holds of the shard and this counter lacks; false if it does not serve it, the link closed, or no answer came within `timeoutMs`. */
+  syncShard(peerId: string, shard: number, timeoutMs: number): Promise<boolean>;
   announceShards(held: readonly number[], serving: readonly number[]): void;
 }
 
@@ -50,6 +51,19 @@ export interface ShardHost {
   /** Held shards or their states changed. */
   changed(): void;
 }
+
+/**
+ * Catch-ups in flight at once. Each holds a shard's whole state in memory on both ends while it
+ * travels; a counter joining a mesh of 20 M items that asked for its 48 shards at once made each
+ * source encode and queue all of them (gigabytes), and took minutes.
+ */
+const MAX_PULLS = 4;
+/**
+ * Beats a catch-up waits for a source's answer. One lost on a link that stays open (the
+ * in-memory tier drops frames) would otherwise hold its place among MAX_PULLS for good; an answer
+ * that comes later is applied all the same, and the next try asks only for what is still missing.
+ */
+const PULL_ANSWER_BEATS = 10;
 
 export class ShardKeeper {
   private placementKey = '';
@@ -83,7 +97,7 @@ export class ShardKeeper {
     private readonly host: ShardHost,
     private readonly clock: Clock,
     private readonly log: Logger,
-    intervalMs: number,
+    private readonly intervalMs: number,
   ) {
     this.left = new Promise((resolve) => {
       this.leftResolve = resolve;
@@ -222,28 +236,41 @@ export class ShardKeeper {
   }
 
   /**
-   * Asks every linked peer that serves the shard for its whole state, and serves the shard once
+   * Asks every linked peer that serves the shard for what it holds and this counter lacks, and serves the shard once
    * enough of them answered (`sourcesNeeded`). One source is not enough: an item acknowledged
    * with w = quorum is on a majority of the old replicas, and the one asked may be among the
    * others (behind after a partition); the new replica would then serve without it, and a quorum
    * read of the new placement could miss it. Any majority of the old replicas holds it.
    */
   private pull(shard: number): void {
-    if (this.pulling.has(shard)) return;
+    if (this.pulling.has(shard) || this.pulling.size >= MAX_PULLS) return;
     const sources = [...this.mesh.linkedPeers()].filter((id) => this.mesh.peerShards(id)?.serving.has(shard) === true);
     const needed = this.sourcesNeeded(shard);
     if (sources.length === 0 || sources.length < needed) return;
     this.pulling.add(shard);
-    Promise.all(sources.map((id) => this.mesh.syncShard(id, shard)))
+    // the whole state from one source (by rendezvous score, so the shards of a join spread over
+    // the sources), then the others asked with what it brought: they send only what it lacked,
+    // not the whole shard again
+    sources.sort((a, b) => rendezvousScore(shard, b) - rendezvousScore(shard, a));
+    const [first, ...rest] = sources as [string, ...string[]];
+    let served = false;
+    const ask = (id: string) => this.mesh.syncShard(id, shard, PULL_ANSWER_BEATS * this.intervalMs);
+    ask(first)
+      .then(async (firstOk) => [firstOk, ...(await Promise.all(rest.map(ask)))])
       .then(async (answers) => {
         const from = sources.filter((_, i) => answers[i]);
         if (from.length < needed || this.closed || this.host.state(shard) !== 'catching-up') return;
         await this.host.serve(shard);
+        served = true;
         this.log.info({ shard, from }, 'shard caught up; serving it');
         this.host.changed();
       })
       .catch((err: Error) => this.log.error({ err, shard }, 'could not serve a caught-up shard; retrying'))
-      .finally(() => this.pulling.delete(shard));
+      .finally(() => {
+        this.pulling.delete(shard);
+        // the next shard waiting for a catch-up starts now rather than on the next beat
+        if (served) void this.reconcile();
+      });
   }
 
   /**
