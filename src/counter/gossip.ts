@@ -99,6 +99,9 @@ export interface ShardUpdate {
 
 const noWaiter = (): void => {};
 
+/** Anti-entropy rounds a shard catching up is left to the keeper's pulls (see compareStateVectors). */
+const CATCHING_UP_QUIET_ROUNDS = 10;
+
 
 export interface GossipEvents {
   /** A peer's full state (its answers to our first sync step 1 of every shard) was applied. */
@@ -125,6 +128,8 @@ export class Gossip {
   /** Addresses that turned out to be ourselves. */
   private readonly selfAddresses = new Set<string>();
   private readonly antiEntropy: TimerHandle;
+  /** Shards catching up, since when anti-entropy saw them so (see compareStateVectors). */
+  private readonly catchingUpSince = new Map<number, number>();
   /** Catch-up waiters that gave up on their answer (see syncShard). */
   private readonly timedOut = new WeakSet<(ok: boolean) => void>();
   /** Peer id → the peer ids it announced being connected to; rebuilt after awareness changes. */
@@ -760,10 +765,20 @@ export class Gossip {
   /** Anti-entropy: a state vector is a few bytes; the answer carries only what is missing. */
   private compareStateVectors(): void {
     if (this.peers.size === 0) return;
+    const now = this.clock.now();
+    for (const id of this.catchingUpSince.keys()) if (!this.shards.get(id)) this.catchingUpSince.delete(id);
     for (const shard of this.shards.held()) {
       // a shard catching up is pulled by the keeper, from as many sources as it needs and a few
-      // shards at a time; asking every peer for it each round too made each send all of it
-      if (!shard.serving) continue;
+      // shards at a time; asking every peer for it each round too made each send all of it (a
+      // counter joining 20 M items took minutes). Only one still catching up after some rounds
+      // is asked again each round, in case the keeper's pulls are stuck (answers lost on a link)
+      if (!shard.serving) {
+        const since = this.catchingUpSince.get(shard.id) ?? now;
+        this.catchingUpSince.set(shard.id, since);
+        if (now - since < CATCHING_UP_QUIET_ROUNDS * this.config.antiEntropyMs) continue;
+      } else {
+        this.catchingUpSince.delete(shard.id);
+      }
       const frame = step1Frame(shard);
       // to every peer, not only those announcing the shard: an announcement may be lost or late,
       // and a peer that lacks the shard answers NotHeld (a few bytes)
