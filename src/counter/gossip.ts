@@ -102,7 +102,6 @@ const noWaiter = (): void => {};
 /** Anti-entropy rounds a shard catching up is left to the keeper's pulls (see compareStateVectors). */
 const CATCHING_UP_QUIET_ROUNDS = 10;
 
-
 export interface GossipEvents {
   /** A peer's full state (its answers to our first sync step 1 of every shard) was applied. */
   onSynced: (peerId: string | null) => void;

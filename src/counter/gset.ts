@@ -68,9 +68,7 @@ export class GSet {
     this.doc.on('afterTransaction', this.onAfterTransaction);
   }
 
-  private readonly onAfterTransaction = (tr: Y.Transaction): void => {
-    this.indexTransaction(tr);
-  };
+  private readonly onAfterTransaction = (tr: Y.Transaction): void => this.indexTransaction(tr);
   private readonly onUpdate = (update: Uint8Array): void => {
     this.captured?.push(update);
   };

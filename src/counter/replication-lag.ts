@@ -55,7 +55,7 @@ export class ReplicationLag {
     sampleEveryMs: number | null = SAMPLE_MS,
   ) {
     // not 'update': with a listener there, Yjs encodes every transaction's update, replays included
-    doc.on('afterTransaction', this.onUpdate);
+    doc.on('afterTransaction', this.onTransaction);
     this.timer = sampleEveryMs === null ? null : clock.setInterval(() => this.sample(), sampleEveryMs);
   }
 
@@ -119,10 +119,10 @@ export class ReplicationLag {
 
   close(): void {
     if (this.timer) this.clock.clear(this.timer);
-    this.doc.off('afterTransaction', this.onUpdate);
+    this.doc.off('afterTransaction', this.onTransaction);
   }
 
-  private readonly onUpdate = (): void => {
+  private readonly onTransaction = (): void => {
     this.dirty = true;
   };
 
